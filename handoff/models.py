@@ -1,0 +1,1 @@
+"""Models of the handoff app; filled in by its own issue."""

@@ -1,0 +1,1 @@
+"""Models of the nurturing app; filled in by its own issue."""

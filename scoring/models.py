@@ -1,0 +1,1 @@
+"""Models of the scoring app; filled in by its own issue."""

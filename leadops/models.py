@@ -115,6 +115,8 @@ class Lead(models.Model):
     email = models.EmailField(_("email"), max_length=254, unique=True)
     first_name = models.CharField(_("first name"), max_length=100, blank=True)
     last_name = models.CharField(_("last name"), max_length=100, blank=True)
+    # Foreign keys below without their own index: the Meta indexes cover them (every index
+    # is rewritten when an event moves last_activity_at, so duplicates cost ingest speed).
     account = models.ForeignKey(
         Account,
         verbose_name=_("company"),
@@ -122,6 +124,7 @@ class Lead(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="leads",
+        db_index=False,
     )
     title = models.CharField(_("title"), max_length=200, blank=True)
     job_level = models.CharField(
@@ -141,6 +144,7 @@ class Lead(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="owned_leads",
+        db_index=False,
     )
     stage = models.CharField(_("stage"), max_length=20, choices=Stage.choices, default=Stage.NEW)
     attribute_score = models.IntegerField(_("attribute score"), default=0)
@@ -185,13 +189,20 @@ class Lead(models.Model):
 class Activity(models.Model):
     """One behaviour event. `event_id` is the sender's idempotency key."""
 
+    # Indexed by activity_lead_timeline (lead first); event_id's uniqueness is a constraint
+    # rather than unique=True, which would add a second (LIKE-pattern) index. The largest
+    # table takes the most inserts: every index less is faster ingest.
     lead = models.ForeignKey(
-        Lead, verbose_name=_("lead"), on_delete=models.CASCADE, related_name="activities"
+        Lead,
+        verbose_name=_("lead"),
+        on_delete=models.CASCADE,
+        related_name="activities",
+        db_index=False,
     )
     type = models.CharField(_("type"), max_length=30, choices=EventType.choices)
     occurred_at = models.DateTimeField(_("occurred at"))
     properties = models.JSONField(_("properties"), default=dict, blank=True)
-    event_id = models.CharField(_("event id"), max_length=200, unique=True)
+    event_id = models.CharField(_("event id"), max_length=200)
     # sha256 of the canonical body: a resent event with the same id and the same body is
     # a duplicate, one with a different body is an error the sender must hear about.
     fingerprint = models.CharField(max_length=64)
@@ -201,6 +212,9 @@ class Activity(models.Model):
     class Meta:
         verbose_name = _("activity")
         verbose_name_plural = _("activities")
+        constraints = [
+            models.UniqueConstraint(fields=["event_id"], name="activity_event_id_unique"),
+        ]
         indexes = [
             models.Index(fields=["lead", "-occurred_at"], name="activity_lead_timeline"),
         ]

@@ -1,12 +1,20 @@
-"""The four roles (Django groups) and what each may do.
+"""The four roles (Django groups), what each may do, and the writes that manage users.
 
-Groups and their model permissions are created by a data migration
-(`leadops/migrations/0002_roles.py`); code asks these helpers, not group names.
+Groups and their model permissions follow `ROLE_PERMISSIONS`: the post_migrate hook
+`sync_role_groups` (connected in `leadops.apps`) makes them match after every migrate.
+Code asks the helpers below, not group names.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db import transaction
+from django.utils.translation import gettext_lazy as _
+
+if TYPE_CHECKING:
+    from rest_framework.authtoken.models import Token
 
 
 class Role:
@@ -16,6 +24,14 @@ class Role:
     MANAGER = "manager"
 
     ALL = (MARKETER, INSIDE_SALES, SALES, MANAGER)
+
+
+ROLE_LABELS = {
+    Role.MARKETER: _("Marketer"),
+    Role.INSIDE_SALES: _("Inside sales"),
+    Role.SALES: _("Sales"),
+    Role.MANAGER: _("Manager"),
+}
 
 
 def roles_of(user: AbstractBaseUser | AnonymousUser) -> set[str]:
@@ -47,8 +63,11 @@ def can_write_leads(user) -> bool:
     return has_role(user, Role.MARKETER, Role.INSIDE_SALES, Role.MANAGER)
 
 
-# Model permissions each role's group holds ("app_label.codename"). Later apps add theirs
-# here; `sync_role_groups` runs after every migrate, so groups always match this table.
+# Model permissions each role's group holds ("app_label.codename"). A codename ending in
+# "*" is a prefix: "scoring.view_*" is every view permission of the scoring app, so a
+# manager sees the models later apps add without this table knowing each one.
+# Later apps add their own entries here; `sync_role_groups` runs after every migrate,
+# so groups always match this table.
 ROLE_PERMISSIONS: dict[str, list[str]] = {
     Role.MARKETER: [
         "leadops.view_lead",
@@ -65,30 +84,100 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "leadops.view_account",
         "leadops.view_activity",
     ],
+    # Which leads: only their own, by `Lead.objects.visible_to` (API, pages, admin).
     Role.SALES: ["leadops.view_lead", "leadops.view_account", "leadops.view_activity"],
     Role.MANAGER: [
-        "leadops.view_lead",
-        "leadops.change_lead",
-        "leadops.view_account",
-        "leadops.change_account",
-        "leadops.view_activity",
+        "leadops.view_*",
+        "scoring.view_*",
+        "handoff.view_*",
+        "nurturing.view_*",
         "auth.view_user",
         "auth.view_group",
+        # A manager reassigns leads and fixes company data.
+        "leadops.change_lead",
+        "leadops.change_account",
     ],
 }
 
 
 def sync_role_groups(**kwargs) -> None:
     """post_migrate hook: create the four groups and give each exactly its permissions."""
-    from django.contrib.auth.models import Group, Permission
+    from django.contrib.auth.models import Group
 
     for role, names in ROLE_PERMISSIONS.items():
-        group, _ = Group.objects.get_or_create(name=role)
-        permissions = [
-            permission
-            for name in names
-            for permission in Permission.objects.filter(
-                content_type__app_label=name.split(".")[0], codename=name.split(".")[1]
-            )
-        ]
-        group.permissions.set(permissions)
+        group, _created = Group.objects.get_or_create(name=role)
+        group.permissions.set([p for name in names for p in _permissions_named(name)])
+
+
+def _permissions_named(name: str) -> list:
+    from django.contrib.auth.models import Permission
+
+    app_label, codename = name.split(".", 1)
+    permissions = Permission.objects.filter(content_type__app_label=app_label)
+    if codename.endswith("*"):
+        return list(permissions.filter(codename__startswith=codename[:-1]))
+    return list(permissions.filter(codename=codename))
+
+
+# --- writes: users and their API access ------------------------------------------------
+
+
+def _role_group(role: str):
+    from django.contrib.auth.models import Group
+
+    if role not in Role.ALL:
+        raise ValueError(f"Unknown role {role!r}; valid roles: {', '.join(Role.ALL)}")
+    # get_or_create: a database that has not run migrate since the groups were added.
+    group, _created = Group.objects.get_or_create(name=role)
+    return group
+
+
+@transaction.atomic
+def assign_role(user, *, role: str | None) -> None:
+    """Make `role` the user's only role (None: no role); groups that are not roles stay."""
+    from django.contrib.auth.models import Group
+
+    group = _role_group(role) if role else None
+    others = Group.objects.filter(name__in=Role.ALL).exclude(name=role or "")
+    user.groups.remove(*others)
+    if group is not None:
+        user.groups.add(group)
+    user._leadops_roles = None
+
+
+@transaction.atomic
+def create_user_with_role(
+    username: str, *, role: str, password: str, email: str = ""
+) -> AbstractBaseUser:
+    """A staff user (so the admin opens for every role, limited by permissions) in `role`."""
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.create_user(
+        username=username, email=email, password=password, is_staff=True
+    )
+    assign_role(user, role=role)
+    return user
+
+
+@transaction.atomic
+def update_user_role(
+    user, *, role: str, password: str | None = None, email: str | None = None
+) -> None:
+    """Set an existing user's role (and password / email when given); makes them staff."""
+    if password is not None:
+        user.set_password(password)
+    if email is not None:
+        user.email = email
+    user.is_staff = True
+    user.save()
+    assign_role(user, role=role)
+
+
+@transaction.atomic
+def issue_api_token(user, *, rotate: bool = False) -> tuple[Token, bool]:
+    """(the user's DRF token, whether it is new): created if missing; `rotate` replaces it."""
+    from rest_framework.authtoken.models import Token
+
+    if rotate:
+        Token.objects.filter(user=user).delete()
+    return Token.objects.get_or_create(user=user)

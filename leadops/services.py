@@ -1,10 +1,13 @@
-"""Writes of the lead core. Every lead create/update goes through `upsert_lead`."""
+"""Writes of the lead core. Every single-lead create/update goes through `upsert_lead`;
+behaviour events (which may create leads in bulk) go through `leadops.ingest.ingest_events`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from leadops.models import Account, Lead
 
@@ -57,20 +60,62 @@ def _fill_blank_account_fields(account: Account, **values: Any) -> None:
 
 @transaction.atomic
 def upsert_lead(
-    email: str, *, fields: dict[str, Any], company: str | None = None
+    email: str,
+    *,
+    fields: dict[str, Any],
+    company: str | None = None,
+    create_defaults: Mapping[str, Any] | None = None,
 ) -> tuple[Lead, bool]:
     """Create the lead with this email, or update the fields given; return (lead, created).
 
     Only keys present in `fields` are written, so a partial update keeps the rest.
     `company` names the lead's account (created on first sight); None leaves it as is.
+    `create_defaults` (writable fields too) apply only when the lead is new, under `fields`.
+    Safe when two callers create the same email at once: the second updates the first's row.
     """
+    defaults = dict(create_defaults or {})
+    _check_writable({**defaults, **fields})
+    email = normalize_email(email)
+    lead = _locked_lead(email)
+    if lead is None:
+        lead = _try_create_lead(email, fields={**defaults, **fields}, company=company)
+        if lead is not None:
+            _on_lead_saved(lead)
+            return lead, True
+        # Another transaction created this email between our read and our insert.
+        lead = _locked_lead(email)
+    _apply_lead_fields(lead, fields=fields, company=company)
+    lead.save()
+    _on_lead_saved(lead)
+    return lead, False
+
+
+def _check_writable(fields: Mapping[str, Any]) -> None:
     unknown = set(fields) - set(WRITABLE_LEAD_FIELDS)
     if unknown:
         raise ValueError(f"Not writable lead fields: {sorted(unknown)}")
-    lead = Lead.objects.select_for_update().filter(email=normalize_email(email)).first()
-    created = lead is None
-    if created:
-        lead = Lead(email=normalize_email(email))
+
+
+def _locked_lead(email: str) -> Lead | None:
+    return Lead.objects.select_for_update().filter(email=email).first()
+
+
+def _try_create_lead(email: str, *, fields: dict[str, Any], company: str | None) -> Lead | None:
+    """The new lead, or None when a concurrent insert of the same email won the race."""
+    try:
+        # A savepoint: the unique-email violation must not abort the caller's transaction.
+        with transaction.atomic():
+            lead = Lead(email=email)
+            _apply_lead_fields(lead, fields=fields, company=company)
+            lead.save(force_insert=True)
+            return lead
+    except IntegrityError:
+        if Lead.objects.filter(email=email).exists():
+            return None
+        raise
+
+
+def _apply_lead_fields(lead: Lead, *, fields: Mapping[str, Any], company: str | None) -> None:
     for field, value in fields.items():
         setattr(lead, field, value)
     if company is not None:
@@ -79,5 +124,16 @@ def upsert_lead(
             industry=fields.get("industry") or "",
             employee_count=fields.get("employee_count"),
         )
-    lead.save()
-    return lead, created
+
+
+def _on_lead_saved(lead: Lead) -> None:
+    lead_id = lead.pk
+    transaction.on_commit(lambda: _after_lead_committed(lead_id))
+
+
+def _after_lead_committed(lead_id: int) -> None:
+    """Runs after a lead's fields were created or changed and committed.
+
+    Scoring recomputes the attribute score here (it depends only on lead fields);
+    until that work lands there is nothing to do.
+    """

@@ -64,3 +64,12 @@ def token_client(api_client):
         return client
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def english_by_default(settings):
+    """Tests assert messages in English; the product's default language is Japanese.
+
+    Tests of the Japanese side ask for it (Accept-Language, `translation.override`).
+    """
+    settings.LANGUAGE_CODE = "en"

@@ -1,0 +1,1 @@
+"""The LeadOps benchmark (`make bench`); see bench/__main__.py."""

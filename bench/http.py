@@ -1,0 +1,134 @@
+"""HTTP load against a real gunicorn: open-loop rates, latencies from the scheduled time.
+
+Latency is measured from when a request was due, not when it was sent, so a server that
+falls behind shows it in p95 instead of quietly lowering the offered rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    ok: int
+    seconds: float
+    p50_ms: float
+    p95_ms: float
+    statuses: dict
+
+    @property
+    def rate(self) -> float:
+        return self.ok / self.seconds if self.seconds else 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_gunicorn(env: dict, port: int, workers: int = 3, threads: int = 4) -> subprocess.Popen:
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "leadops.wsgi:application",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+        "--worker-class",
+        "gthread",
+        "--keep-alive",
+        "30",
+        "--log-level",
+        "warning",
+    ]
+    process = subprocess.Popen(command, env=env, start_new_session=True)
+    _wait_until_up(port, process)
+    return process
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def _wait_until_up(port: int, process: subprocess.Popen, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("gunicorn exited during start-up")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError("gunicorn did not start listening")
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+async def _open_loop(url, token, bodies, rate, method, concurrency) -> LoadResult:
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    limit = asyncio.Semaphore(concurrency)
+    headers = {"Authorization": f"Token {token}", "Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+        start = time.perf_counter()
+
+        async def one(index: int, body: bytes | None) -> None:
+            due = start + index / rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            async with limit, session.request(method, url, data=body) as response:
+                await response.read()
+                statuses[response.status] = statuses.get(response.status, 0) + 1
+                if response.status < 300:
+                    latencies.append((time.perf_counter() - due) * 1000)
+
+        await asyncio.gather(*(one(i, b) for i, b in enumerate(bodies)))
+        seconds = time.perf_counter() - start
+    return LoadResult(
+        len(bodies),
+        len(latencies),
+        seconds,
+        percentile(latencies, 0.5),
+        percentile(latencies, 0.95),
+        statuses,
+    )
+
+
+def open_loop(
+    url: str, token: str, bodies: list, *, rate: float, method: str = "POST", concurrency: int = 64
+) -> LoadResult:
+    """Send `bodies` at `rate` per second (open loop); None bodies for GETs."""
+    return asyncio.run(_open_loop(url, token, bodies, rate, method, concurrency))
+
+
+def closed_loop(
+    url: str, token: str, bodies: list, *, concurrency: int, method: str = "POST"
+) -> LoadResult:
+    """Send `bodies` as fast as `concurrency` clients can: the throughput ceiling."""
+    return asyncio.run(_open_loop(url, token, bodies, 1e9, method, concurrency))

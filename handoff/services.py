@@ -1,0 +1,122 @@
+"""Stage changes of a lead. Every stage change goes through `transition_lead`.
+
+The legal edges (PRODUCT.md "Stages and hand-off"):
+
+    new → nurturing → mql → sql → sal → opportunity → won | lost
+    new → mql                      (a new lead can qualify at once)
+    mql → nurturing, sql → nurturing   (recycle: a reason is required)
+    any non-terminal stage → disqualified (a reason is required)
+
+won, lost and disqualified are terminal: nothing leaves them (a lead that comes back
+is handled by a person, not by an automatic edge). A sales rejection of an SQL is the
+sql → nurturing edge.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from handoff.models import StageTransition
+from leadops.models import Lead, Stage
+
+TERMINAL_STAGES = frozenset({Stage.WON, Stage.LOST, Stage.DISQUALIFIED})
+_FORWARD: dict[str, frozenset[str]] = {
+    Stage.NEW: frozenset({Stage.NURTURING, Stage.MQL}),
+    Stage.NURTURING: frozenset({Stage.MQL}),
+    Stage.MQL: frozenset({Stage.SQL, Stage.NURTURING}),
+    Stage.SQL: frozenset({Stage.SAL, Stage.NURTURING}),
+    Stage.SAL: frozenset({Stage.OPPORTUNITY}),
+    Stage.OPPORTUNITY: frozenset({Stage.WON, Stage.LOST}),
+}
+LEGAL_TRANSITIONS: dict[str, frozenset[str]] = {
+    stage: frozenset() if stage in TERMINAL_STAGES else _FORWARD[stage] | {Stage.DISQUALIFIED}
+    for stage in Stage.values
+}
+# Going backwards or out must say why: the reason is shown on the lead's timeline.
+REASON_REQUIRED = frozenset(
+    {(Stage.MQL, Stage.NURTURING), (Stage.SQL, Stage.NURTURING)}
+    | {(stage, Stage.DISQUALIFIED) for stage in Stage.values}
+)
+# Stages from which a lead becomes an MQL when the MQL rule or a trigger fires.
+MQL_ENTRY_STAGES = frozenset(s for s, targets in LEGAL_TRANSITIONS.items() if Stage.MQL in targets)
+
+
+class IllegalTransition(Exception):
+    """The lead's stage does not allow this move (the API answers 409)."""
+
+    def __init__(self, message: str, *, from_stage: str = "", to_stage: str = "") -> None:
+        super().__init__(message)
+        self.from_stage = from_stage
+        self.to_stage = to_stage
+
+
+def is_legal(from_stage: str, to_stage: str) -> bool:
+    return to_stage in LEGAL_TRANSITIONS.get(from_stage, frozenset())
+
+
+def check_transition(from_stage: str, to_stage: str, *, reason: str) -> None:
+    """Raise IllegalTransition unless the edge exists and, where needed, has a reason."""
+    if not is_legal(from_stage, to_stage):
+        raise IllegalTransition(
+            _("A lead in stage %(from)s cannot move to %(to)s.")
+            % {"from": Stage(from_stage).label, "to": Stage(to_stage).label},
+            from_stage=from_stage,
+            to_stage=to_stage,
+        )
+    if (from_stage, to_stage) in REASON_REQUIRED and not reason.strip():
+        raise IllegalTransition(
+            _("Give a reason for moving this lead to %(to)s.") % {"to": Stage(to_stage).label},
+            from_stage=from_stage,
+            to_stage=to_stage,
+        )
+
+
+@transaction.atomic
+def transition_lead(
+    lead_id: int, *, to_stage: str, actor: Any = None, reason: str = ""
+) -> StageTransition:
+    """Move the lead to `to_stage` and record the transition; IllegalTransition otherwise.
+
+    The move is a conditional UPDATE on the stage read just before: of two concurrent
+    actions on one lead only one changes the row, the other gets IllegalTransition.
+    """
+    from_stage = Lead.objects.values_list("stage", flat=True).get(pk=lead_id)
+    check_transition(from_stage, to_stage, reason=reason)
+    if not _move(lead_id, from_stage=from_stage, to_stage=to_stage):
+        raise IllegalTransition(
+            _("The lead changed stage meanwhile; reload it and try again."),
+            from_stage=from_stage,
+            to_stage=to_stage,
+        )
+    score = Lead.objects.values_list("score", flat=True).get(pk=lead_id)
+    return StageTransition.objects.create(
+        lead_id=lead_id,
+        from_stage=from_stage,
+        to_stage=to_stage,
+        actor=actor,
+        reason=reason,
+        score_snapshot=score,
+    )
+
+
+def _move(lead_id: int, *, from_stage: str, to_stage: str) -> bool:
+    moved = Lead.objects.filter(pk=lead_id, stage=from_stage).update(
+        stage=to_stage, updated_at=timezone.now()
+    )
+    return moved == 1
+
+
+def mark_lead_mql(lead_id: int, *, reason: str, actor: Any = None) -> StageTransition:
+    """What happens when a lead becomes an MQL (its score met the MQL rule, or a trigger).
+
+    Scoring calls this for each lead that crosses into MQL; people may call it too.
+    Raises IllegalTransition when the lead's stage does not lead to MQL.
+    """
+    transition = transition_lead(lead_id, to_stage=Stage.MQL, actor=actor, reason=reason)
+    # The Lifecycle and hand-off issue opens the IS hand-off here, in this transaction:
+    # assignment by the team's rule, the SLA deadline for first contact, notifications.
+    return transition

@@ -1,0 +1,246 @@
+"""JSON shapes of the lead core's API v1: lead in/out, events in/out, timeline entries."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from functools import cache
+from typing import Any
+
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from leadops.ingest import MAX_EVENTS_PER_REQUEST
+from leadops.models import Activity, EventType, Lead
+from leadops.services import WRITABLE_LEAD_FIELDS, normalize_email
+
+# --- leads ------------------------------------------------------------------------------
+
+
+class ScoreBreakdownItemSerializer(serializers.Serializer):
+    rule = serializers.CharField(help_text=gettext_lazy("The scoring rule."))
+    points = serializers.IntegerField(help_text=gettext_lazy("Points the rule adds now."))
+    count = serializers.IntegerField(help_text=gettext_lazy("How many times it matched."))
+
+
+@cache
+def _score_breakdown_function() -> Callable[[Lead], list[dict[str, Any]]]:
+    # Scoring (another app, built separately) provides the breakdown; until it exists a
+    # lead has none. Looked up once per process: a failed import is slow to repeat.
+    try:
+        from scoring.services import score_breakdown_for
+    except ImportError:
+        return lambda lead: []
+    return score_breakdown_for
+
+
+def score_breakdown(lead: Lead) -> list[dict[str, Any]]:
+    """[{rule, points, count}, …]: why the lead has its score."""
+    return _score_breakdown_function()(lead)
+
+
+class LeadSerializer(serializers.ModelSerializer):
+    """A lead as integrations read it (all fields read-only here)."""
+
+    company = serializers.CharField(read_only=True, help_text=gettext_lazy("Account name."))
+    owner = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, help_text=gettext_lazy("Owner's username.")
+    )
+    score_breakdown = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Lead
+        fields = (
+            "id",
+            "email",
+            "first_name",
+            "last_name",
+            "company",
+            "title",
+            "job_level",
+            "department",
+            "industry",
+            "employee_count",
+            "phone",
+            "source",
+            "consent",
+            "unsubscribed",
+            "owner",
+            "stage",
+            "attribute_score",
+            "behavior_score",
+            "score",
+            "temperature",
+            "last_activity_at",
+            "score_breakdown",
+            "created_at",
+            "updated_at",
+        )
+        read_only_fields = fields
+
+    @extend_schema_field(ScoreBreakdownItemSerializer(many=True))
+    def get_score_breakdown(self, lead: Lead) -> list[dict[str, Any]]:
+        return score_breakdown(lead)
+
+
+LEAD_INPUT_FIELDS = ("email", "company", *WRITABLE_LEAD_FIELDS)
+READ_ONLY_LEAD_FIELDS = tuple(f for f in LeadSerializer.Meta.fields if f not in LEAD_INPUT_FIELDS)
+
+
+class LeadWriteSerializer(serializers.ModelSerializer):
+    """Body of `POST /leads/`: create, or update the fields sent of the lead with this email.
+
+    Read-only and unknown keys are refused by name rather than ignored, so a caller who
+    thinks they set `score` or `stage` hears that they did not.
+    """
+
+    company = serializers.CharField(
+        max_length=200, allow_blank=True, required=False, help_text=gettext_lazy("Account name.")
+    )
+
+    class Meta:
+        model = Lead
+        fields = LEAD_INPUT_FIELDS
+        # Update-by-email: the unique validator would refuse every update.
+        extra_kwargs = {"email": {"validators": []}}
+
+    def validate_email(self, value: str) -> str:
+        return normalize_email(value)
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        key_errors = _unexpected_key_errors(data) if isinstance(data, Mapping) else {}
+        try:
+            values = super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            if key_errors and isinstance(exc.detail, dict):
+                raise serializers.ValidationError({**exc.detail, **key_errors}) from exc
+            raise
+        if key_errors:
+            raise serializers.ValidationError(key_errors)
+        return values
+
+    def upsert_arguments(self) -> dict[str, Any]:
+        """Keyword arguments for `upsert_lead` from the validated data."""
+        data = self.validated_data
+        return {
+            "email": data["email"],
+            "fields": {name: data[name] for name in WRITABLE_LEAD_FIELDS if name in data},
+            "company": data.get("company"),
+        }
+
+
+def _unexpected_key_errors(data: Mapping[str, Any]) -> dict[str, list[str]]:
+    errors: dict[str, list[str]] = {}
+    for key in data:
+        if key in READ_ONLY_LEAD_FIELDS:
+            errors[key] = [
+                _("This field is read-only: LeadOps sets it. Remove it from the request.")
+            ]
+        elif key not in LEAD_INPUT_FIELDS:
+            errors[str(key)] = [
+                _("Unknown field. Writable fields are: %s.") % ", ".join(LEAD_INPUT_FIELDS)
+            ]
+    return errors
+
+
+# --- events -----------------------------------------------------------------------------
+
+
+class EventSerializer(serializers.Serializer):
+    """One behaviour event (documentation of the contract; `leadops.ingest` validates)."""
+
+    event_id = serializers.CharField(
+        max_length=200, help_text=gettext_lazy("The sender's unique id: resending is safe.")
+    )
+    email = serializers.EmailField(
+        required=False, help_text=gettext_lazy("The lead; unknown emails create the lead.")
+    )
+    lead_id = serializers.IntegerField(
+        required=False, help_text=gettext_lazy("The lead's id, instead of email.")
+    )
+    type = serializers.ChoiceField(choices=EventType.choices)
+    occurred_at = serializers.DateTimeField(
+        required=False,
+        help_text=gettext_lazy("ISO 8601; default now; not before 2000, at most a day ahead."),
+    )
+    properties = serializers.DictField(
+        required=False,
+        help_text=gettext_lazy("Free-form object (url, title, campaign…), ≤ 16 KB, depth ≤ 5."),
+    )
+    source = serializers.CharField(max_length=100, required=False)
+
+
+class EventBatchSerializer(serializers.Serializer):
+    events = EventSerializer(many=True, max_length=MAX_EVENTS_PER_REQUEST)
+
+
+class EventItemErrorSerializer(serializers.Serializer):
+    index = serializers.IntegerField(help_text=gettext_lazy("Position in `events`, from 0."))
+    errors = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()),
+        help_text=gettext_lazy("Messages per field."),
+    )
+
+
+class EventsResultSerializer(serializers.Serializer):
+    accepted = serializers.IntegerField(help_text=gettext_lazy("Events stored now."))
+    duplicates = serializers.IntegerField(
+        help_text=gettext_lazy("Events whose event_id was stored before with the same body.")
+    )
+    errors = EventItemErrorSerializer(many=True)
+
+
+def event_items_from(data: Any) -> tuple[list[Any], bool]:
+    """(the event items of a request body, whether it was a batch); 400 on a wrong envelope.
+
+    The items themselves are validated by `ingest_events`, one by one, so that one bad
+    event does not reject its batch.
+    """
+    if not isinstance(data, Mapping):
+        raise serializers.ValidationError(
+            {"non_field_errors": [_('Send one event object, or {"events": [...]}.')]}
+        )
+    if "events" not in data:
+        return [data], False
+    events = data["events"]
+    errors = {str(key): [_("Unknown field next to events.")] for key in data if key != "events"}
+    if not isinstance(events, list):
+        errors["events"] = [_("Send a list of event objects.")]
+    elif len(events) > MAX_EVENTS_PER_REQUEST:
+        errors["events"] = [
+            _("At most %(max)d events per request, got %(count)d: split the batch.")
+            % {"max": MAX_EVENTS_PER_REQUEST, "count": len(events)}
+        ]
+    if errors:
+        raise serializers.ValidationError(errors)
+    return events, True
+
+
+# --- timeline ---------------------------------------------------------------------------
+
+
+class ActivityEntrySerializer(serializers.ModelSerializer):
+    """A timeline entry of kind "activity" (a behaviour event)."""
+
+    class Meta:
+        model = Activity
+        fields = ("type", "occurred_at", "properties", "event_id", "source")
+        read_only_fields = fields
+
+
+class TimelineEntrySerializer(serializers.Serializer):
+    """Every entry has `kind` and `at`; the rest depends on the kind."""
+
+    kind = serializers.ChoiceField(choices=["activity"])
+    at = serializers.DateTimeField()
+    type = serializers.CharField(required=False)
+    occurred_at = serializers.DateTimeField(required=False)
+    properties = serializers.DictField(required=False)
+    event_id = serializers.CharField(required=False)
+    source = serializers.CharField(required=False)
+
+
+class TimelinePageSerializer(serializers.Serializer):
+    next = serializers.URLField(allow_null=True)
+    results = TimelineEntrySerializer(many=True)

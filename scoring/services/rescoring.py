@@ -1,0 +1,272 @@
+"""Rescoring: the one code path that computes and writes the scores of a set of leads.
+
+`rescore_leads` serves a handful of leads after their events (the Celery drain task),
+every lead on activation or on demand, and everything in between. Per chunk of leads,
+in one transaction:
+
+1. lock the leads (ordered by id, so concurrent rescores wait instead of deadlocking);
+   the statements after the lock see every event committed before it, so the last
+   rescore of a lead always includes all its events: no lost points;
+2. score them set-based into a temp table (engine.py), reading the active model after
+   the lock (an activation committed meanwhile is seen);
+3. write the leads' columns and the score state where they changed, and the ledger;
+4. hand to `handoff.services.mark_lead_mql` each lead that crossed into MQL or whose
+   new events fired a trigger.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+from django.db import transaction
+from django.db.models import Max, Min
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from leadops.models import Lead
+from scoring import engine
+from scoring.engine import LeadSet, Params
+from scoring.models import ChangeReason, ScoringModel
+from scoring.spec import ModelSpec, spec_for
+
+logger = logging.getLogger(__name__)
+
+RANGE_WIDTH = 50_000  # lead ids per rescore-all chunk (one transaction each)
+ID_BATCH = 2_000  # explicit lead ids per transaction
+
+
+@dataclass
+class RescoreResult:
+    leads: int = 0
+    changed: int = 0
+    temperature_changed: int = 0
+    crossed_mql: int = 0  # newly meet the MQL rule (any stage)
+    stopped_mql: int = 0  # met it before, no longer do
+    would_become_mql: int = 0  # crossed and in a stage that leads to MQL
+    marked_mql: list[int] = field(default_factory=list)  # moved to the mql stage
+
+    def add(self, other: RescoreResult) -> None:
+        for name in ("leads", "changed", "temperature_changed", "crossed_mql", "stopped_mql"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.would_become_mql += other.would_become_mql
+        self.marked_mql.extend(other.marked_mql)
+
+    def summary(self) -> dict[str, int]:
+        counts = asdict(self)
+        counts["marked_mql"] = len(self.marked_mql)
+        return counts
+
+
+def lead_sets(
+    lead_ids: Iterable[int] | None, *, after: int = 0, width: int = RANGE_WIDTH
+) -> Iterator[LeadSet]:
+    """Chunks: id ranges over all leads (after `after`), or batches of the ids given."""
+    if lead_ids is not None:
+        ids = sorted({int(i) for i in lead_ids})
+        for start in range(0, len(ids), ID_BATCH):
+            yield LeadSet(ids=tuple(ids[start : start + ID_BATCH]))
+        return
+    bounds = Lead.objects.filter(id__gt=after).aggregate(low=Min("id"), high=Max("id"))
+    if bounds["low"] is None:
+        return
+    for low in range(bounds["low"], bounds["high"] + 1, width):
+        yield LeadSet(low=low, high=min(low + width - 1, bounds["high"]))
+
+
+def rescore_leads(
+    lead_ids: Iterable[int] | None,
+    *,
+    model: ScoringModel | ModelSpec | None = None,
+    now: datetime | None = None,
+    reason: str | None = None,
+    previous_model: ScoringModel | ModelSpec | None = None,
+) -> RescoreResult:
+    """Recompute and store the scores of these leads (None: every lead), chunk by chunk.
+
+    `model` defaults to the active one; `reason` to "event" for ids (a ledger row per
+    newly scored event, triggers checked) and "recalculation" for all leads (one
+    ledger row per changed lead). Idempotent: a second run changes nothing.
+    """
+    now = now or timezone.now()
+    reason = reason or (ChangeReason.EVENT if lead_ids is not None else ChangeReason.RECALCULATION)
+    result = RescoreResult()
+    for leads in lead_sets(lead_ids):
+        with transaction.atomic():
+            result.add(
+                rescore_lead_set(
+                    leads, model=model, previous_model=previous_model, now=now, reason=reason
+                )
+            )
+    return result
+
+
+def rescore_lead_set(
+    leads: LeadSet,
+    *,
+    model: ScoringModel | ModelSpec | None,
+    previous_model: ScoringModel | ModelSpec | None,
+    now: datetime,
+    reason: str,
+) -> RescoreResult:
+    """One chunk, inside the caller's transaction (see the module docstring)."""
+    if not _lock_leads(leads):
+        return RescoreResult()
+    spec = spec_for(model)
+    if spec is None:
+        logger.warning("No active scoring model: leads are not scored.")
+        return RescoreResult()
+    old_spec = spec_for(previous_model) if previous_model is not None else spec
+    per_event = reason == ChangeReason.EVENT
+    engine.score_into_temp_table(spec, leads, now, old_spec=old_spec, keep_awarded=per_event)
+    _write_scores(spec, now)
+    if per_event:
+        _write_event_ledger(spec, now)
+    else:
+        _write_summary_ledger(spec, now, reason=reason)
+    result = chunk_result()
+    fired = _record_fired_triggers(spec, leads, now) if per_event and spec.trigger_rules else {}
+    result.marked_mql = _hand_off(fired)
+    return result
+
+
+def _lock_leads(leads: LeadSet) -> int:
+    params = Params()
+    rows = engine.fetch(
+        "SELECT count(*) FROM (SELECT 1 FROM leadops_lead l "
+        f"WHERE {leads.where('l.id', params)} ORDER BY l.id FOR UPDATE OF l) locked",
+        params,
+    )
+    return rows[0][0]
+
+
+def _write_scores(spec: ModelSpec, now: datetime) -> None:
+    engine.execute(
+        """UPDATE leadops_lead l
+        SET attribute_score = s.attribute, behavior_score = s.behavior, score = s.score,
+            temperature = s.temperature
+        FROM scoring_scored s WHERE s.lead_id = l.id AND s.changed"""
+    )
+    engine.execute(
+        """INSERT INTO scoring_leadscorestate AS st (lead_id, model_version,
+            behavior_at_last_activity, last_activity_at, breakdown, computed_at)
+        SELECT lead_id, %(version)s, b_last, last_at,
+               jsonb_build_object('a', to_jsonb(attribute_rules), 'b', behavior_rules), %(now)s
+        FROM scoring_scored
+        ON CONFLICT (lead_id) DO UPDATE SET
+            model_version = EXCLUDED.model_version,
+            behavior_at_last_activity = EXCLUDED.behavior_at_last_activity,
+            last_activity_at = EXCLUDED.last_activity_at,
+            breakdown = EXCLUDED.breakdown, computed_at = EXCLUDED.computed_at
+        WHERE (st.model_version, st.behavior_at_last_activity, st.last_activity_at, st.breakdown)
+            IS DISTINCT FROM (EXCLUDED.model_version, EXCLUDED.behavior_at_last_activity,
+                              EXCLUDED.last_activity_at, EXCLUDED.breakdown)""",
+        {"version": spec.version, "now": now},
+    )
+
+
+LEDGER_COLUMNS = "lead_id, rule_id, rule_label, activity_id, points, model_version, reason, created_at"
+
+
+def _write_summary_ledger(spec: ModelSpec, now: datetime, *, reason: str) -> None:
+    engine.execute(
+        f"""INSERT INTO scoring_scorechange ({LEDGER_COLUMNS})
+        SELECT lead_id, NULL, '', NULL, score - old_score, %(version)s, %(reason)s, %(now)s
+        FROM scoring_scored WHERE changed AND score <> old_score""",
+        {"version": spec.version, "reason": str(reason), "now": now},
+    )
+
+
+def _write_event_ledger(spec: ModelSpec, now: datetime) -> None:
+    """Rows for changed leads: one per newly scored event, one for an attribute change, and
+    one for the rest (decay since the last rescore, caps re-ranked by a late event), so
+    that a lead's rows always add up to its score."""
+    engine.execute(
+        f"""WITH ev AS (
+            INSERT INTO scoring_scorechange ({LEDGER_COLUMNS})
+            SELECT aw.lead_id, aw.rule_id, r.label, aw.activity_id, aw.points, %(version)s,
+                   'event', %(now)s
+            FROM scoring_awarded aw
+            JOIN scoring_scored s ON s.lead_id = aw.lead_id AND s.changed
+            JOIN leadops_activity a ON a.id = aw.activity_id
+            JOIN scoring_behaviorrule r ON r.id = aw.rule_id
+            WHERE a.received_at >= coalesce(%(since)s::timestamptz, '-infinity')
+              AND NOT EXISTS (SELECT 1 FROM scoring_scorechange sc
+                              WHERE sc.activity_id = aw.activity_id AND sc.reason = 'event')
+            RETURNING lead_id, points
+        ), ev_sum AS (SELECT lead_id, sum(points) AS points FROM ev GROUP BY lead_id)
+        INSERT INTO scoring_scorechange ({LEDGER_COLUMNS})
+        SELECT s.lead_id, NULL, '', NULL, x.points, %(version)s, x.reason, %(now)s
+        FROM scoring_scored s
+        LEFT JOIN ev_sum e ON e.lead_id = s.lead_id
+        CROSS JOIN LATERAL (VALUES
+            ('attributes', s.attribute - s.old_attribute),
+            (CASE WHEN s.behavior - s.old_behavior - coalesce(e.points, 0) < 0
+                  THEN 'decay' ELSE 'recalculation' END,
+             s.behavior - s.old_behavior - coalesce(e.points, 0))
+        ) AS x(reason, points)
+        WHERE s.changed AND x.points <> 0""",
+        {"version": spec.version, "now": now, "since": spec.activated_at},
+    )
+
+
+def chunk_result() -> RescoreResult:
+    from handoff.services import MQL_ENTRY_STAGES
+
+    row = engine.fetch(
+        """SELECT count(*), count(*) FILTER (WHERE changed),
+            count(*) FILTER (WHERE temperature <> old_temperature),
+            count(*) FILTER (WHERE new_mql AND NOT old_mql),
+            count(*) FILTER (WHERE old_mql AND NOT new_mql),
+            count(*) FILTER (WHERE new_mql AND NOT old_mql AND stage = ANY(%(stages)s))
+        FROM scoring_scored""",
+        {"stages": sorted(MQL_ENTRY_STAGES)},
+    )[0]
+    return RescoreResult(*row)
+
+
+def _record_fired_triggers(spec: ModelSpec, leads: LeadSet, now: datetime) -> dict[int, str]:
+    """Ledger rows (0 points) for the new events that fire a trigger; {lead id: label}."""
+    params = Params(version=spec.version, now=now)
+    rows = engine.fetch(
+        f"""WITH fired AS ({engine.fired_triggers_sql(spec, leads, params)})
+        INSERT INTO scoring_scorechange ({LEDGER_COLUMNS})
+        SELECT lead_id, NULL, label, activity_id, 0, %(version)s, 'trigger', %(now)s FROM fired
+        RETURNING lead_id, rule_label""",
+        params,
+    )
+    return {lead_id: label for lead_id, label in sorted(rows, reverse=True)}
+
+
+def _hand_off(fired: dict[int, str]) -> list[int]:
+    """Call "lead became MQL" for each lead that crossed the MQL rule or fired a trigger."""
+    from handoff.services import MQL_ENTRY_STAGES
+
+    candidates = engine.fetch(
+        """SELECT lead_id, score FROM scoring_scored
+        WHERE stage = ANY(%(stages)s) AND ((new_mql AND NOT old_mql) OR lead_id = ANY(%(fired)s))
+        ORDER BY lead_id""",
+        {"stages": sorted(MQL_ENTRY_STAGES), "fired": list(fired)},
+    )
+    marked = []
+    for lead_id, score in candidates:
+        if lead_id in fired:
+            reason = _("Hand-off trigger: %s") % fired[lead_id]
+        else:
+            reason = _("MQL rule met with a score of %s") % score
+        if _mark_mql(lead_id, reason=reason):
+            marked.append(lead_id)
+    return marked
+
+
+def _mark_mql(lead_id: int, *, reason: str) -> bool:
+    from handoff.services import IllegalTransition, mark_lead_mql
+
+    try:
+        mark_lead_mql(lead_id, reason=reason)
+    except IllegalTransition:
+        # Someone moved the lead in between: their action stands.
+        return False
+    return True

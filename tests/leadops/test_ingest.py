@@ -1,0 +1,330 @@
+"""The event ingest service: validation, idempotency, set-based writes, the commit hook."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from leadops import ingest
+from leadops.ingest import MAX_PROPERTIES_BYTES, ingest_events, validate_event
+from leadops.models import Activity, Lead
+from tests.factories import ActivityFactory, LeadFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def event(event_id: str = "ev-1", **fields) -> dict:
+    return {"event_id": event_id, "email": "taro@example.jp", "type": "page_view", **fields}
+
+
+def errors_of(raw: object) -> dict:
+    _event, errors = validate_event(raw, index=0, now=timezone.now())
+    return errors
+
+
+# --- validation -------------------------------------------------------------------------
+
+
+def test_valid_event_is_cleaned():
+    cleaned, errors = validate_event(
+        event(email=" Taro@Example.JP", occurred_at="2026-01-01T09:00:00+09:00"),
+        index=3,
+        now=timezone.now(),
+    )
+    assert errors == {}
+    assert cleaned.index == 3
+    assert cleaned.email == "taro@example.jp"
+    assert cleaned.occurred_at == datetime(2026, 1, 1, tzinfo=UTC)
+    assert cleaned.properties_json == "{}"
+
+
+def test_occurred_at_without_offset_is_in_the_workspace_time_zone():
+    cleaned, _ = validate_event(
+        event(occurred_at="2026-01-01T09:00:00"), index=0, now=timezone.now()
+    )
+    assert cleaned.occurred_at == datetime(2026, 1, 1, tzinfo=UTC)  # Asia/Tokyo
+
+
+def test_occurred_at_defaults_to_now():
+    now = timezone.now()
+    cleaned, _ = validate_event(event(), index=0, now=now)
+    assert cleaned.occurred_at == now
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("2000-01-01T00:00:00Z", True),
+        ("1999-12-31T23:59:59Z", False),
+        ("+23:00", False),
+        (1735689600, False),
+        ("2026-02-30T00:00:00Z", False),
+    ],
+)
+def test_occurred_at_range_and_format(value, ok):
+    assert ("occurred_at" not in errors_of(event(occurred_at=value))) is ok
+
+
+def test_occurred_at_may_be_up_to_a_day_ahead():
+    now = timezone.now()
+    _ok, errors = validate_event(
+        event(occurred_at=(now + timedelta(hours=23)).isoformat()), index=0, now=now
+    )
+    assert errors == {}
+    _bad, errors = validate_event(
+        event(occurred_at=(now + timedelta(hours=25)).isoformat()), index=0, now=now
+    )
+    assert "occurred_at" in errors
+
+
+def nested(depth: int) -> dict:
+    value: dict = {}
+    for _ in range(depth - 1):
+        value = {"k": value}
+    return value
+
+
+def test_properties_depth_limit_is_five():
+    assert errors_of(event(properties=nested(5))) == {}
+    assert "properties" in errors_of(event(properties=nested(6)))
+    assert "properties" in errors_of(event(properties={"a": [[[[["deep"]]]]]}))
+
+
+def test_properties_size_limit_is_16_kb_of_json():
+    overhead = len('{"b":""}')
+    assert errors_of(event(properties={"b": "x" * (MAX_PROPERTIES_BYTES - overhead)})) == {}
+    too_big = {"b": "x" * (MAX_PROPERTIES_BYTES - overhead + 1)}
+    assert "properties" in errors_of(event(properties=too_big))
+    # bytes, not characters: 3 bytes per kana
+    assert "properties" in errors_of(event(properties={"b": "あ" * 6000}))
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"properties": {"a": "nul\x00"}}, "properties"),
+        ({"properties": {"nul\x00": 1}}, "properties"),
+        ({"properties": {"a": "\ud800"}}, "properties"),
+        ({"event_id": "id\x00"}, "event_id"),
+        ({"event_id": "   "}, "event_id"),
+        ({"event_id": 17}, "event_id"),
+        ({"source": "\ud800"}, "source"),
+        ({"source": "s" * 101}, "source"),
+        ({"type": ["page_view"]}, "type"),
+        ({"email": None, "lead_id": True}, "lead_id"),
+        ({"email": None, "lead_id": -1}, "lead_id"),
+        ({"email": None, "lead_id": 2**63}, "lead_id"),
+        ({"email": None}, "email"),
+        ({"lead_id": 5}, "lead_id"),
+    ],
+)
+def test_invalid_values(fields, field):
+    assert field in errors_of(event(**fields))
+
+
+def test_missing_fields_are_each_reported():
+    errors = errors_of({})
+    assert set(errors) == {"event_id", "email", "type"}
+
+
+def test_fingerprint_is_sha256_of_canonical_json():
+    import hashlib
+
+    properties = {"z": 1, "a": {"y": "ü", "b": [1, 2]}}
+    cleaned, _ = validate_event(
+        event(occurred_at="2026-01-01T09:00:00+09:00", properties=properties),
+        index=0,
+        now=timezone.now(),
+    )
+    canonical = json.dumps(
+        {
+            "lead": "taro@example.jp",
+            "type": "page_view",
+            "occurred_at": "2026-01-01T00:00:00+00:00",
+            "properties": properties,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    assert cleaned.fingerprint == hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# --- storing ----------------------------------------------------------------------------
+
+
+def test_batch_stores_valid_events_and_reports_errors_by_index():
+    result = ingest_events([event("a"), {"type": "x"}, event("b", email="b@example.jp")])
+    assert (result.accepted, result.duplicates) == (2, 0)
+    assert [error["index"] for error in result.errors] == [1]
+    assert Lead.objects.count() == 2
+    assert set(Activity.objects.values_list("event_id", flat=True)) == {"a", "b"}
+
+
+def test_events_for_an_existing_lead_by_email_or_id():
+    lead = LeadFactory(email="taro@example.jp")
+    result = ingest_events([event("a"), event("b", email=None, lead_id=lead.id)])
+    assert result.accepted == 2
+    assert result.lead_ids == {lead.id}
+    assert Lead.objects.count() == 1
+    assert lead.activities.count() == 2
+
+
+def test_unknown_lead_id_is_an_item_error():
+    result = ingest_events([event("a", email=None, lead_id=987654321), event("b")])
+    assert result.accepted == 1
+    assert result.errors[0]["index"] == 0
+    assert "lead_id" in result.errors[0]["errors"]
+
+
+def test_same_id_same_body_is_a_duplicate_even_without_occurred_at():
+    ingest_events([event("a", properties={"url": "/x"})])
+    result = ingest_events([event("a", properties={"url": "/x"})])
+    assert (result.accepted, result.duplicates, result.errors) == (0, 1, [])
+
+
+def test_same_instant_in_another_offset_is_the_same_body():
+    ingest_events([event("a", occurred_at="2026-01-01T09:00:00+09:00")])
+    result = ingest_events([event("a", occurred_at="2026-01-01T00:00:00Z")])
+    assert result.duplicates == 1
+
+
+def test_same_id_with_another_body_is_an_error_and_keeps_the_first():
+    ingest_events([event("a", properties={"url": "/x"})])
+    result = ingest_events([event("b"), event("a", properties={"url": "/y"})])
+    assert result.accepted == 1
+    assert result.errors[0]["index"] == 1
+    assert "event_id" in result.errors[0]["errors"]
+    assert Activity.objects.get(event_id="a").properties == {"url": "/x"}
+
+
+def test_repeats_inside_one_batch():
+    result = ingest_events([event("a"), event("a"), event("a", type="email_open")])
+    assert (result.accepted, result.duplicates) == (1, 1)
+    assert [error["index"] for error in result.errors] == [2]
+
+
+def test_a_reused_id_does_not_leave_a_new_lead_behind():
+    ingest_events([event("a")])
+    result = ingest_events([event("a", email="someone-new@example.jp")])
+    assert result.errors and result.accepted == 0
+    assert not Lead.objects.filter(email="someone-new@example.jp").exists()
+
+
+def test_last_activity_at_only_moves_forward():
+    lead = LeadFactory(email="taro@example.jp", last_activity_at=datetime(2026, 3, 1, tzinfo=UTC))
+    ingest_events([event("old", occurred_at="2026-02-01T00:00:00Z")])
+    lead.refresh_from_db()
+    assert lead.last_activity_at == datetime(2026, 3, 1, tzinfo=UTC)
+    ingest_events(
+        [
+            event("n1", occurred_at="2026-03-05T00:00:00Z"),
+            event("n2", occurred_at="2026-03-04T00:00:00Z"),
+        ]
+    )
+    lead.refresh_from_db()
+    assert lead.last_activity_at == datetime(2026, 3, 5, tzinfo=UTC)
+
+
+def test_unsubscribe_sets_the_flag_and_other_events_do_not():
+    other = LeadFactory(email="other@example.jp")
+    ingest_events([event("u", type="unsubscribe"), event("p", email="other@example.jp")])
+    assert Lead.objects.get(email="taro@example.jp").unsubscribed is True
+    other.refresh_from_db()
+    assert other.unsubscribed is False
+
+
+def test_script_tags_are_data():
+    ingest_events([event(properties={"title": "<script>x</script>"})])
+    assert Activity.objects.get().properties == {"title": "<script>x</script>"}
+
+
+def test_more_than_1000_items_is_refused():
+    with pytest.raises(ValueError, match="1000"):
+        ingest_events([event(f"e{i}") for i in range(1001)])
+
+
+def test_hook_runs_after_commit_with_the_touched_leads(
+    monkeypatch, django_capture_on_commit_callbacks
+):
+    calls: list[frozenset[int]] = []
+    monkeypatch.setattr(ingest, "_after_events_committed", calls.append)
+    known = LeadFactory(email="known@example.jp")
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        ingest_events([event("a"), event("b", email="known@example.jp"), {"bad": 1}])
+    assert len(callbacks) == 1
+    new = Lead.objects.get(email="taro@example.jp")
+    assert calls == [frozenset({known.id, new.id})]
+
+
+def test_no_hook_when_nothing_was_accepted(monkeypatch, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks() as callbacks:
+        ingest_events([{"bad": 1}])
+    assert callbacks == []
+
+
+def test_a_batch_of_1000_takes_a_fixed_number_of_queries(django_assert_num_queries):
+    LeadFactory.create_batch(3)
+    items = [event(f"e{i}", email=f"lead{i % 300}@example.jp") for i in range(1000)]
+    # savepoint, resolve leads, insert activities, update leads, release
+    with django_assert_num_queries(5):
+        result = ingest_events(items)
+    assert result.accepted == 1000
+    # resent: + the fingerprints of the conflicting ids, and no lead update
+    with django_assert_num_queries(5):
+        assert ingest_events(items).duplicates == 1000
+    assert Activity.objects.count() == 1000
+
+
+def test_existing_activity_rows_from_elsewhere_count_by_fingerprint():
+    ActivityFactory(event_id="from-elsewhere", fingerprint="0" * 64)
+    result = ingest_events([event("from-elsewhere")])
+    assert "event_id" in result.errors[0]["errors"]
+
+
+# --- concurrency ------------------------------------------------------------------------
+
+
+def run_in_threads(*targets) -> list[BaseException]:
+    failures: list[BaseException] = []
+    barrier = threading.Barrier(len(targets))
+
+    def run(target) -> None:
+        try:
+            barrier.wait()
+            target()
+        except BaseException as exc:  # reported to the test
+            failures.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(target,)) for target in targets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return failures
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_batches_on_the_same_leads_neither_fail_nor_deadlock():
+    emails = [f"shared{i}@example.jp" for i in range(50)]
+    LeadFactory(email=emails[0])
+    forward = [event(f"f{i}", email=email) for i, email in enumerate(emails)]
+    backward = [event(f"b{i}", email=email) for i, email in enumerate(reversed(emails))]
+    same = [event(f"s{i}", email=email) for i, email in enumerate(emails)]
+    failures = run_in_threads(
+        lambda: ingest_events(forward),
+        lambda: ingest_events(backward),
+        lambda: ingest_events(same),
+        lambda: ingest_events(list(reversed(same))),
+    )
+    assert failures == []
+    assert Lead.objects.count() == 50
+    assert Activity.objects.count() == 150
+    assert not Lead.objects.filter(last_activity_at=None).exists()

@@ -81,8 +81,10 @@ class LeadCsvAdminMixin:
         if not self.has_import_permission(request):
             raise PermissionDenied
         request.current_app = self.admin_site.name
-        form = LeadCsvImportForm(request.POST or None, request.FILES or None)
-        if request.method == "POST" and form.is_valid():
+        if request.method != "POST":
+            return self._render_import(request, self.import_form_template, form=LeadCsvImportForm())
+        form = LeadCsvImportForm(request.POST, request.FILES)
+        if form.is_valid():
             try:
                 report = import_leads_csv(
                     form.cleaned_data["file"],

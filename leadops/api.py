@@ -296,7 +296,8 @@ class EventsView(APIView):
         result = ingest_events(items, actor=request.user)
         if not batch and result.errors:
             raise ValidationError(result.errors[0]["errors"])
-        return Response(EventsResultSerializer(result).data, status=status.HTTP_202_ACCEPTED)
+        answer = {"accepted": result.accepted, "duplicates": result.duplicates}
+        return Response({**answer, "errors": result.errors}, status=status.HTTP_202_ACCEPTED)
 
 
 router = SimpleRouter()

@@ -219,9 +219,13 @@ def _start_redis() -> bool:
 
 def _stop_redis() -> None:
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
+    # SHUTDOWN closes the connection by design: no retries, or the client waits seconds.
+    client = redis.Redis(port=REDIS_PORT, retry=Retry(NoBackoff(), 0))
     with contextlib.suppress(redis.exceptions.ConnectionError):
-        redis.Redis(port=REDIS_PORT).shutdown(nosave=True)
+        client.shutdown(nosave=True)
     _wait_for(lambda: not _port_open(REDIS_PORT), what="embedded Redis to stop")
 
 

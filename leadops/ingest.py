@@ -24,7 +24,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -59,7 +59,7 @@ _json_string = json.encoder.encode_basestring  # a str as a JSON string literal
 _MAX_BIGINT = 2**63 - 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ValidEvent:
     """One event that passed validation: values cleaned, body fingerprinted."""
 
@@ -149,10 +149,7 @@ def validate_event(
     """(the cleaned event, {}) or (None, {field: [message]}) for one decoded JSON item."""
     if not isinstance(raw, dict):
         return None, {"non_field_errors": [_("Each event must be a JSON object.")]}
-    errors: dict[str, list[str]] = {
-        str(name): [_("Unknown field. Event fields are: %s.") % ", ".join(EVENT_FIELDS)]
-        for name in raw.keys() - _EVENT_FIELD_SET
-    }
+    errors = {} if _EVENT_FIELD_SET.issuperset(raw) else _unknown_field_errors(raw)
     values: dict[str, Any] = {}
     for name, check in _FIELD_CHECKS:
         try:
@@ -163,6 +160,11 @@ def validate_event(
     if errors:
         return None, errors
     return _valid_event(index, values, now), {}
+
+
+def _unknown_field_errors(raw: dict) -> dict[str, list[str]]:
+    message = _("Unknown field. Event fields are: %s.") % ", ".join(EVENT_FIELDS)
+    return {str(name): [message] for name in raw.keys() - _EVENT_FIELD_SET}
 
 
 def _valid_event(index: int, values: dict[str, Any], now: datetime) -> ValidEvent:
@@ -297,19 +299,16 @@ def _clean_properties(value: object, now: datetime) -> str:
     return text
 
 
-def _check_depth(value: dict) -> None:
-    # Iterative, so a hostile document cannot exhaust the stack.
-    stack: list[tuple[dict | list, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > MAX_PROPERTIES_DEPTH:
-            raise _Invalid(
-                _("The properties are nested deeper than %d levels: flatten them.")
-                % MAX_PROPERTIES_DEPTH
-            )
-        for child in node.values() if isinstance(node, dict) else node:
-            if isinstance(child, dict | list):
-                stack.append((child, depth + 1))
+def _check_depth(node: dict | list, depth: int = 1) -> None:
+    # Raises before descending past the limit, so the recursion is at most 6 deep.
+    if depth > MAX_PROPERTIES_DEPTH:
+        raise _Invalid(
+            _("The properties are nested deeper than %d levels: flatten them.")
+            % MAX_PROPERTIES_DEPTH
+        )
+    for child in node.values() if isinstance(node, dict) else node:
+        if isinstance(child, dict | list):
+            _check_depth(child, depth + 1)
 
 
 def _contains_nul(value: Any) -> bool:
@@ -391,7 +390,7 @@ def _unknown_lead_message() -> str:
     return _("No lead has this id. Send the lead's email instead to create the lead.")
 
 
-def _resolve_leads(events: Iterable[ValidEvent]) -> tuple[dict[str, int], set[int], set[int]]:
+def _resolve_leads(events: Sequence[ValidEvent]) -> tuple[dict[str, int], set[int], set[int]]:
     """({email: lead id}, the lead_ids that exist, the ids of leads created now)."""
     emails = sorted({event.email for event in events if event.email})
     ids = sorted({event.lead_id for event in events if event.lead_id is not None})
@@ -430,25 +429,27 @@ def _add_raced_emails(by_email: dict[str, int], missing: list[str]) -> None:
         by_email.update(Lead.objects.filter(email__in=missing).values_list("email", "id"))
 
 
-def _new_lead_columns() -> tuple[list[str], list[str], list[Any]]:
-    """(columns, cast placeholders, values) of a blank lead besides its email.
+@cache
+def _new_lead_columns() -> tuple[list[str], list[str], tuple[Any, ...]]:
+    """(columns, SQL expressions, their parameters) of a blank lead besides its email.
 
-    Taken from the model, so a field added to Lead later gets its default here too.
+    Taken from the model, so a field added to Lead later gets its default here too;
+    built once per process. Timestamps set on save are the transaction's now().
     """
     template = Lead(email="", source=NEW_LEAD_SOURCE)
-    now = timezone.now()
     columns, expressions, values = [], [], []
     for model_field in Lead._meta.concrete_fields:
         if model_field.primary_key or model_field.name == "email":
             continue
-        auto_now = getattr(model_field, "auto_now", False) or getattr(
-            model_field, "auto_now_add", False
-        )
-        value = now if auto_now else getattr(template, model_field.attname)
         columns.append(connection.ops.quote_name(model_field.column))
+        if getattr(model_field, "auto_now", False) or getattr(model_field, "auto_now_add", False):
+            expressions.append("now()")
+            continue
         expressions.append(f"%s::{model_field.db_type(connection)}")
-        values.append(model_field.get_db_prep_save(value, connection))
-    return columns, expressions, values
+        values.append(
+            model_field.get_db_prep_save(getattr(template, model_field.attname), connection)
+        )
+    return columns, expressions, tuple(values)
 
 
 def _insert_activities(rows: list[tuple[ValidEvent, int]]) -> set[str]:

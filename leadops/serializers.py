@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from typing import Any
 
@@ -24,20 +24,47 @@ class ScoreBreakdownItemSerializer(serializers.Serializer):
     count = serializers.IntegerField(help_text=gettext_lazy("How many times it matched."))
 
 
+BreakdownItem = dict[str, Any]
+
+
 @cache
-def _score_breakdown_function() -> Callable[[Lead], list[dict[str, Any]]]:
-    # Scoring (another app, built separately) provides the breakdown; until it exists a
-    # lead has none. Looked up once per process: a failed import is slow to repeat.
+def _score_breakdown_functions() -> tuple[Callable | None, Callable | None]:
+    """(batched, per-lead) breakdown functions of the scoring app, None where missing.
+
+    Looked up once per process: scoring is built separately, and a failed import is slow
+    to repeat for every lead of every page.
+    """
     try:
-        from scoring.services import score_breakdown_for
+        import scoring.services as scoring
     except ImportError:
-        return lambda lead: []
-    return score_breakdown_for
+        return None, None
+    return getattr(scoring, "score_breakdowns_for", None), getattr(
+        scoring, "score_breakdown_for", None
+    )
 
 
-def score_breakdown(lead: Lead) -> list[dict[str, Any]]:
-    """[{rule, points, count}, …]: why the lead has its score."""
-    return _score_breakdown_function()(lead)
+def score_breakdowns(leads: Sequence[Lead]) -> dict[int, list[BreakdownItem]]:
+    """{lead id: [{rule, points, count}, …]}: why each lead has its score.
+
+    Scoring's batched `score_breakdowns_for(leads)` keeps a page of leads at a constant
+    number of queries; its per-lead `score_breakdown_for(lead)` is the fallback; without
+    scoring no lead has a breakdown.
+    """
+    batched, single = _score_breakdown_functions()
+    if batched is not None:
+        return batched(leads)
+    if single is not None:
+        return {lead.pk: single(lead) for lead in leads}
+    return {lead.pk: [] for lead in leads}
+
+
+class LeadListSerializer(serializers.ListSerializer):
+    """A page of leads: their score breakdowns are fetched for the page at once."""
+
+    def to_representation(self, data: Any) -> list[dict[str, Any]]:
+        leads = list(data.all() if hasattr(data, "all") else data)
+        self.context["score_breakdowns"] = score_breakdowns(leads)
+        return super().to_representation(leads)
 
 
 class LeadSerializer(serializers.ModelSerializer):
@@ -78,10 +105,14 @@ class LeadSerializer(serializers.ModelSerializer):
             "updated_at",
         )
         read_only_fields = fields
+        list_serializer_class = LeadListSerializer
 
     @extend_schema_field(ScoreBreakdownItemSerializer(many=True))
-    def get_score_breakdown(self, lead: Lead) -> list[dict[str, Any]]:
-        return score_breakdown(lead)
+    def get_score_breakdown(self, lead: Lead) -> list[BreakdownItem]:
+        page = self.context.get("score_breakdowns") or {}
+        if lead.pk in page:
+            return page[lead.pk]
+        return score_breakdowns([lead]).get(lead.pk, [])
 
 
 LEAD_INPUT_FIELDS = ("email", "company", *WRITABLE_LEAD_FIELDS)

@@ -200,9 +200,7 @@ class BehaviorRule(_RuleBase):
         ),
     )
     points = models.IntegerField(_("points"), help_text=_("Negative points are allowed."))
-    cap_per_lead = models.PositiveIntegerField(
-        _("at most N times per lead"), null=True, blank=True
-    )
+    cap_per_lead = models.PositiveIntegerField(_("at most N times per lead"), null=True, blank=True)
     cap_per_window = models.PositiveIntegerField(
         _("at most N times per window"), null=True, blank=True
     )
@@ -274,9 +272,7 @@ class ScoreChange(models.Model):
     The points of a lead's rows add up to its score (trigger rows carry 0 points).
     """
 
-    lead = models.ForeignKey(
-        "leadops.Lead", on_delete=models.CASCADE, related_name="score_changes"
-    )
+    lead = models.ForeignKey("leadops.Lead", on_delete=models.CASCADE, related_name="score_changes")
     rule = models.ForeignKey(
         BehaviorRule, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -356,9 +352,7 @@ class ActivationJobQuerySet(models.QuerySet):
 class ActivationJob(models.Model):
     """One activation of a model: who, when, progress of the rescore-all, what changed."""
 
-    model = models.ForeignKey(
-        ScoringModel, on_delete=models.PROTECT, related_name="activations"
-    )
+    model = models.ForeignKey(ScoringModel, on_delete=models.PROTECT, related_name="activations")
     previous_model = models.ForeignKey(
         ScoringModel, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )

@@ -102,7 +102,10 @@ def _behavior_at_last_activity(
         if not awarded:
             continue
         d_last = positions[-1]
-        decayed = [rule.points * math.pow(0.5, (d_last - positions[i]) / spec.half_life_us) for i in awarded]
+        decayed = [
+            rule.points * math.pow(0.5, (d_last - positions[i]) / spec.half_life_us)
+            for i in awarded
+        ]
         total += sum(decayed)
         rules.append((rule.id, len(awarded), rule.points * len(awarded)))
     return total, rules

@@ -205,7 +205,7 @@ def _scalar(field: str, kind: str, value: Any) -> Any:
         raise _BadValue(_("The text is too long (at most 200 characters)."))
     if kind == "choice" and value not in CHOICE_VALUES[field]:
         raise _BadValue(
-            _("%(value)s is not a %(field)s. Use one of: %(choices)s.")
+            _("%(value)s is not a valid %(field)s. Use one of: %(choices)s.")
             % {"value": value, "field": field, "choices": ", ".join(CHOICE_VALUES[field])}
         )
     return value.lower() if kind == "email" else value
@@ -307,7 +307,7 @@ def _checked_condition(condition: Any) -> dict[str, Any]:
 def _condition_text(value: Any) -> str:
     if not isinstance(value, str) or value == "":
         raise _BadValue(
-            _('the value must be text in quotes (properties are compared as text), e.g. "/pricing".')
+            _('the value must be text in quotes (properties are compared as text): "/pricing".')
         )
     if len(value) > MAX_TEXT_LENGTH:
         raise _BadValue(_("the text is too long (at most 200 characters)."))

@@ -13,6 +13,12 @@ def pytest_configure(config: pytest.Config) -> None:
     ensure_embedded_engines()
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings) -> None:
+    # PBKDF2 costs ~1 s per user on a busy 2-core machine; tests don't need its strength.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def api_client() -> APIClient:
     return APIClient()

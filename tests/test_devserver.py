@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -55,15 +57,15 @@ def _port_open(port: int) -> bool:
 class Devserver:
     """One `python -m leadops.devserver` in its own var dir and ports, output to a file."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, var_dir: Path, log: Path) -> None:
         self.pg_port, self.redis_port, self.port = _free_ports(3)
-        self.log = tmp_path / "devserver.log"
+        self.log = log
         self.env = {
             key: value
             for key, value in os.environ.items()
             if key not in ("DATABASE_URL", "REDIS_URL")
         } | {
-            "LEADOPS_VAR_DIR": str(tmp_path / "var"),
+            "LEADOPS_VAR_DIR": str(var_dir),
             "EMBEDDED_PG_PORT": str(self.pg_port),
             "EMBEDDED_REDIS_PORT": str(self.redis_port),
             "PORT": str(self.port),
@@ -116,9 +118,21 @@ def _count_demo_leads(port: int) -> int:
         return conn.execute("SELECT count(*) FROM leadops_lead").fetchone()[0]
 
 
+@pytest.fixture
+def var_dir():
+    """A fresh var dir outside pytest's tmp root.
+
+    As root, PostgreSQL runs as another user who must traverse the path; every pytest
+    session that starts resets /tmp/pytest-of-<user> to 0700, which would lock it out.
+    """
+    path = Path(tempfile.mkdtemp(prefix="leadops-smoke-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.mark.slow
-def test_make_run_serves_works_and_stops_cleanly(tmp_path):
-    server = Devserver(tmp_path)
+def test_make_run_serves_works_and_stops_cleanly(var_dir, tmp_path):
+    server = Devserver(var_dir, log=tmp_path / "devserver.log")
     children: list[psutil.Process] = []
     try:
         server.wait_until_ready()

@@ -7,6 +7,7 @@ then reports, given the same data and clock.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -117,7 +118,7 @@ def _sample_details(samples: list[tuple]) -> list[dict[str, Any]]:
     ids = [row[0] for row in samples]
     emails = dict(Lead.objects.filter(pk__in=ids).values_list("pk", "email"))
     old = dict(LeadScoreState.objects.filter(lead_id__in=ids).values_list("lead_id", "breakdown"))
-    new = {row[0]: {"a": list(row[5] or []), "b": row[6] or []} for row in samples}
+    new = {row[0]: {"a": list(row[5] or []), "b": _json(row[6])} for row in samples}
     catalog = rule_catalog(*_rule_ids([*old.values(), *new.values()]))
     return [
         {
@@ -131,6 +132,11 @@ def _sample_details(samples: list[tuple]) -> list[dict[str, Any]]:
         }
         for lead_id, old_score, new_score, old_temperature, new_temperature, *_rest in samples
     ]
+
+
+def _json(value: Any) -> Any:
+    # Django's connection returns jsonb from raw SQL as text.
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def _rule_ids(breakdowns: list[dict]) -> tuple[set[int], set[int]]:

@@ -167,7 +167,9 @@ def _write_scores(spec: ModelSpec, now: datetime) -> None:
     )
 
 
-LEDGER_COLUMNS = "lead_id, rule_id, rule_label, activity_id, points, model_version, reason, created_at"
+LEDGER_COLUMNS = (
+    "lead_id, rule_id, rule_label, activity_id, points, model_version, reason, created_at"
+)
 
 
 def _write_summary_ledger(spec: ModelSpec, now: datetime, *, reason: str) -> None:
@@ -180,16 +182,16 @@ def _write_summary_ledger(spec: ModelSpec, now: datetime, *, reason: str) -> Non
 
 
 def _write_event_ledger(spec: ModelSpec, now: datetime) -> None:
-    """Rows for changed leads: one per newly scored event, one for an attribute change, and
-    one for the rest (decay since the last rescore, caps re-ranked by a late event), so
-    that a lead's rows always add up to its score."""
+    """One row per newly scored event, one for an attribute change, and one for the rest
+    (decay since the last rescore, caps re-ranked by a late event): a lead's rows always
+    add up to its score. Events scored before the model's activation are in its
+    activation row, not here."""
     engine.execute(
         f"""WITH ev AS (
             INSERT INTO scoring_scorechange ({LEDGER_COLUMNS})
             SELECT aw.lead_id, aw.rule_id, r.label, aw.activity_id, aw.points, %(version)s,
                    'event', %(now)s
             FROM scoring_awarded aw
-            JOIN scoring_scored s ON s.lead_id = aw.lead_id AND s.changed
             JOIN leadops_activity a ON a.id = aw.activity_id
             JOIN scoring_behaviorrule r ON r.id = aw.rule_id
             WHERE a.received_at >= coalesce(%(since)s::timestamptz, '-infinity')
@@ -207,7 +209,7 @@ def _write_event_ledger(spec: ModelSpec, now: datetime) -> None:
                   THEN 'decay' ELSE 'recalculation' END,
              s.behavior - s.old_behavior - coalesce(e.points, 0))
         ) AS x(reason, points)
-        WHERE s.changed AND x.points <> 0""",
+        WHERE x.points <> 0""",
         {"version": spec.version, "now": now, "since": spec.activated_at},
     )
 

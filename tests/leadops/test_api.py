@@ -10,7 +10,7 @@ from django.utils import timezone
 from drf_spectacular.validation import validate_schema
 from rest_framework.test import APIClient
 
-from leadops import api
+from leadops import api, serializers
 from leadops.api_errors import exception_handler
 from leadops.models import Activity, Lead
 from tests.factories import ActivityFactory, LeadFactory
@@ -54,7 +54,7 @@ def test_create_lead_returns_201_with_the_lead(writer):
     assert body["company"] == "株式会社A"
     assert body["source"] == "API"
     assert body["owner"] is None
-    assert body["score_breakdown"] == []
+    assert isinstance(body["score_breakdown"], list)
     assert Lead.objects.get().email == "taro@example.jp"
 
 
@@ -239,14 +239,41 @@ def test_page_size_defaults_to_50_and_caps_at_200(writer):
     assert len(writer.get(f"{LEADS}?page_size=1000").json()["results"]) == 200
 
 
-def test_list_query_count_does_not_grow_with_leads(writer, sales_rep, django_assert_num_queries):
+def test_list_query_count_does_not_grow_with_leads(
+    writer, sales_rep, django_assert_num_queries, monkeypatch
+):
+    # Scoring's batched breakdown is called once per page (its own queries are its
+    # business); everything else is token + roles + the page (account, owner joined).
+    pages: list[list[int]] = []
+
+    def breakdowns(leads):
+        pages.append([lead.pk for lead in leads])
+        return {lead.pk: [{"rule": "r", "points": 1, "count": 1}] for lead in leads}
+
+    monkeypatch.setattr(serializers, "_score_breakdown_functions", lambda: (breakdowns, None))
     LeadFactory.create_batch(3, owner=sales_rep)
-    # token + the user's roles + the page of leads (account and owner joined)
     with django_assert_num_queries(3):
         assert len(writer.get(LEADS).json()["results"]) == 3
     LeadFactory.create_batch(30, owner=sales_rep)
     with django_assert_num_queries(3):
-        assert len(writer.get(LEADS).json()["results"]) == 33
+        rows = writer.get(LEADS).json()["results"]
+    assert len(rows) == 33 and len(pages) == 2 and len(pages[1]) == 33
+    assert rows[0]["score_breakdown"] == [{"rule": "r", "points": 1, "count": 1}]
+
+
+def test_breakdown_comes_from_scoring_per_lead_when_not_batched(writer, monkeypatch):
+    lead = LeadFactory()
+    single = lambda lead: [{"rule": f"lead {lead.pk}", "points": 5, "count": 2}]  # noqa: E731
+    monkeypatch.setattr(serializers, "_score_breakdown_functions", lambda: (None, single))
+    expected = [{"rule": f"lead {lead.pk}", "points": 5, "count": 2}]
+    assert writer.get(LEADS).json()["results"][0]["score_breakdown"] == expected
+    assert writer.get(f"{LEADS}{lead.id}/").json()["score_breakdown"] == expected
+
+
+def test_no_breakdown_without_scoring(writer, monkeypatch):
+    LeadFactory()
+    monkeypatch.setattr(serializers, "_score_breakdown_functions", lambda: (None, None))
+    assert writer.get(LEADS).json()["results"][0]["score_breakdown"] == []
 
 
 def test_sales_rep_lists_only_own_leads(sales_rep, other_sales_rep, token_client):

@@ -708,6 +708,17 @@ def test_admin_without_a_file_is_a_form_error(admin_client_en):
 
 
 @pytest.mark.django_db
+def test_admin_upload_with_only_the_file_field_is_imported(admin_client_en):
+    file = io.BytesIO(b"email\r\nonly@example.jp\r\n")
+    file.name = "only.csv"
+
+    response = admin_client_en.post(reverse(IMPORT_URL), {"file": file})
+
+    assert response.status_code == 200
+    assert Lead.objects.get(email="only@example.jp").source == "CSV import"
+
+
+@pytest.mark.django_db
 def test_admin_rejects_a_50_mb_upload_with_a_form_error(admin_client_en, tmp_path):
     path = write_big_csv(tmp_path / "big.csv", 50)
 
@@ -750,3 +761,16 @@ def test_anonymous_users_are_sent_to_the_login(client):
 
     assert response.status_code == 302
     assert reverse("admin:login") in response["Location"]
+
+
+@pytest.mark.django_db
+def test_admin_report_caps_the_error_table(admin_client_en, monkeypatch):
+    from leadops import admin_csv
+
+    monkeypatch.setattr(admin_csv, "REPORT_MAX_ROWS", 2)
+    response = upload(admin_client_en, b"email\r\nbad1\r\nbad2\r\nbad3\r\nok@example.jp\r\n")
+
+    page = response.content.decode()
+    assert '<td class="count-error">3</td>' in page
+    assert "bad2 is not a valid" in page and "bad3 is not a valid" not in page
+    assert "Only the first 2 errors are shown." in page

@@ -328,3 +328,25 @@ def test_concurrent_batches_on_the_same_leads_neither_fail_nor_deadlock():
     assert Lead.objects.count() == 50
     assert Activity.objects.count() == 150
     assert not Lead.objects.filter(last_activity_at=None).exists()
+
+
+def test_awkward_text_survives_the_round_trip_verbatim():
+    awkward = "q\"uote \\back\\slash {brace,comma} NULL \\u0000 ü 日本 'single'"
+    properties = {awkward: [awkward, {"k": awkward}], "n": 1.5, "t": True, "z": None}
+    result = ingest_events(
+        [
+            event(awkward, source=awkward, properties=properties),
+            event("NULL", email="null@example.jp"),
+            event("", email="x@example.jp"),
+        ]
+    )
+    assert result.accepted == 2 and result.errors[0]["index"] == 2
+    activity = Activity.objects.get(event_id=awkward)
+    assert (activity.source, activity.properties) == (awkward, properties)
+    assert Activity.objects.get(event_id="NULL").lead.email == "null@example.jp"
+
+
+def test_occurred_at_is_stored_as_the_same_instant():
+    ingest_events([event(occurred_at="2026-03-01T09:30:15.123456+09:00")])
+    stored = Activity.objects.get().occurred_at
+    assert stored == datetime(2026, 3, 1, 0, 30, 15, 123456, tzinfo=UTC)

@@ -79,14 +79,14 @@ def random_model(rng: random.Random):
             {**rule, "points": rng.randint(-40, 40)}
             for rule in rng.sample(ATTRIBUTE_RULES, rng.randint(0, 6))
         ],
-        behavior=[random_behavior_rule(rng) for _ in range(rng.randint(1, 8))],
+        behavior=[random_behavior_rule(rng) for _ in range(rng.randint(3, 10))],
         warm_threshold=warm,
         hot_threshold=warm + rng.randint(1, 60),
         mql_total=rng.choice([None, 60, 100]),
         mql_behavior=rng.choice([20, 50]),
         mql_attribute=rng.choice([0, 30]),
         decay_grace_days=rng.choice([0, 1, 7, 30]),
-        decay_half_life_days=rng.choice([1, 7, 30, 90]),
+        decay_half_life_days=rng.choice([7, 30, 90]),
     )
 
 
@@ -135,7 +135,7 @@ def add_random_events(rng: random.Random, lead: Lead) -> None:
             event_id=uuid.uuid4().hex,
             fingerprint="0" * 64,
         )
-        for moment in random_times(rng, rng.choice([0, 1, 3, 8, 15, 30]))
+        for moment in random_times(rng, rng.choice([0, 1, 3, 8, 15, 30, 50]))
     )
 
 
@@ -159,14 +159,14 @@ def assert_equal_to_reference(leads: list[Lead], model, now: datetime) -> None:
         assert [tuple(row) for row in state.breakdown["b"]] == expected.behavior_rules
 
 
-@pytest.mark.parametrize("seed", range(1000, 1060))
+@pytest.mark.parametrize("seed", range(6))
 def test_sql_engine_equals_python_reference_on_random_data(seed):
     rng = random.Random(seed)
     model = random_model(rng)
     leads = [random_lead(rng) for _ in range(25)]
     for lead in leads:
         add_random_events(rng, lead)
-    now = START + timedelta(days=rng.randint(100, 200), seconds=rng.randint(0, 86400))
+    now = START + timedelta(days=rng.randint(140, 180), seconds=rng.randint(0, 86400))
 
     rescore_leads([lead.pk for lead in leads], model=model, now=now)  # the event path
     assert_equal_to_reference(leads, model, now)
@@ -190,16 +190,3 @@ def test_ledger_adds_up_to_the_score_through_any_sequence_of_rescores(seed):
     for lead in Lead.objects.filter(pk__in=[x.pk for x in leads]):
         points = ScoreChange.objects.filter(lead=lead).values_list("points", flat=True)
         assert sum(points) == lead.score
-
-
-
-def test_tmp_stats():
-    for seed in range(4):
-        rng = random.Random(seed)
-        model = random_model(rng)
-        leads = [random_lead(rng) for _ in range(25)]
-        for lead in leads:
-            add_random_events(rng, lead)
-        now = START + timedelta(days=rng.randint(100, 200), seconds=rng.randint(0, 86400))
-        rescore_leads([lead.pk for lead in leads], model=model, now=now)
-        print(sorted(l.behavior_score for l in Lead.objects.filter(pk__in=[x.pk for x in leads])))

@@ -32,7 +32,9 @@ def test_cap_per_lead_counts_the_earliest_events(t0):
 
 def test_cap_per_window_uses_fixed_windows():
     model = make_model(
-        behavior=[{"event_type": "email_click", "points": 10, "cap_per_window": 2, "window_days": 7}]
+        behavior=[
+            {"event_type": "email_click", "points": 10, "cap_per_window": 2, "window_days": 7}
+        ]
     )
     lead = blank_lead()
     for days in (0, 1, 2, 7.05):  # three in the first window, one in the next
@@ -152,13 +154,21 @@ def test_all_conditions_of_a_rule_must_hold(t0):
 @pytest.mark.parametrize(
     ("rule", "fields", "matches"),
     [
-        ({"field": "title", "operator": "contains", "value": "Director"}, {"title": "IT DIRECTOR"}, True),
+        (
+            {"field": "title", "operator": "contains", "value": "Director"},
+            {"title": "IT DIRECTOR"},
+            True,
+        ),
         ({"field": "title", "operator": "contains", "value": "部長"}, {"title": "営業部長"}, True),
         ({"field": "title", "operator": "contains", "value": "cto"}, {"title": "CEO"}, False),
         ({"field": "source", "operator": "eq", "value": "展示会"}, {"source": "展示会"}, True),
         ({"field": "source", "operator": "in", "value": ["紹介", "API"]}, {"source": "API"}, True),
         (
-            {"field": "email", "operator": "email_domain_in", "value": ["Gmail.com", "@yahoo.co.jp"]},
+            {
+                "field": "email",
+                "operator": "email_domain_in",
+                "value": ["Gmail.com", "@yahoo.co.jp"],
+            },
             {"email": "someone@yahoo.co.jp"},
             True,
         ),
@@ -168,8 +178,16 @@ def test_all_conditions_of_a_rule_must_hold(t0):
             False,
         ),
         ({"field": "employee_count", "operator": "lte", "value": 10}, {"employee_count": 10}, True),
-        ({"field": "employee_count", "operator": "lte", "value": 10}, {"employee_count": None}, False),
-        ({"field": "employee_count", "operator": "in", "value": [5, 8]}, {"employee_count": 8}, True),
+        (
+            {"field": "employee_count", "operator": "lte", "value": 10},
+            {"employee_count": None},
+            False,
+        ),
+        (
+            {"field": "employee_count", "operator": "in", "value": [5, 8]},
+            {"employee_count": 8},
+            True,
+        ),
         ({"field": "employee_count", "operator": "eq", "value": 8}, {"employee_count": 9}, False),
     ],
 )

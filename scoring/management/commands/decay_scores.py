@@ -17,6 +17,8 @@ class Command(BaseCommand):
     def handle(self, *args, now: str | None = None, **options) -> None:
         moment = parse_datetime(now) if now else None
         if now and (moment is None or moment.tzinfo is None):
-            raise CommandError("--now must be an ISO 8601 time with an offset, e.g. 2025-04-01T03:00+09:00.")
+            raise CommandError(
+                "--now must be an ISO 8601 time with an offset, e.g. 2025-04-01T03:00+09:00."
+            )
         changed = apply_decay(now=moment)
         self.stdout.write(f"Decay applied: {changed} leads changed.")

@@ -1,0 +1,100 @@
+"""The ledger explains every change; rescoring is idempotent; a reset starts over."""
+
+from datetime import timedelta
+
+import pytest
+
+from leadops.services import upsert_lead
+from scoring.models import ScoreChange
+from scoring.services import rescore_leads, reset_behavior_score, score_breakdown_for
+from tests.scoring.helpers import blank_lead, event, stored
+
+pytestmark = pytest.mark.django_db
+PRICING = "https://example.jp/pricing"
+
+
+def ledger(lead) -> list[tuple[str, str, int]]:
+    return list(
+        ScoreChange.objects.filter(lead=lead)
+        .order_by("id")
+        .values_list("reason", "rule_label", "points")
+    )
+
+
+def test_each_newly_scored_event_gets_a_row_with_its_rule_and_activity(t0):
+    lead = blank_lead()
+    first = event(lead, "page_view", t0, url=PRICING)
+    rescore_leads([lead.pk], now=t0)
+    second = event(lead, "email_open", t0 + timedelta(hours=1))
+    rescore_leads([lead.pk], now=t0 + timedelta(hours=1))
+
+    rows = ScoreChange.objects.filter(lead=lead, reason="event").order_by("id")
+    assert [(r.activity_id, r.rule_label, r.points) for r in rows] == [
+        (first.pk, "Pricing page view", 30),
+        (second.pk, "Email open", 5),
+    ]
+    assert rows[0].rule.points == 30 and rows[0].model_version == 1
+    assert str(rows[0]) == "+30 Pricing page view"
+
+
+def test_replaying_the_same_events_changes_nothing(t0):
+    lead = blank_lead(industry="software")
+    for minutes in range(4):
+        event(lead, "page_view", t0 + timedelta(minutes=minutes), url=PRICING)
+    first = rescore_leads([lead.pk], now=t0)
+    before = (stored(lead), ledger(lead), score_breakdown_for(lead))
+
+    again = rescore_leads([lead.pk], now=t0)
+    everyone = rescore_leads(None, now=t0)
+
+    assert first.changed == 1 and again.changed == 0 and everyone.changed == 0
+    lead.refresh_from_db()
+    assert (stored(lead), ledger(lead), score_breakdown_for(lead)) == before
+
+
+def test_attribute_change_is_recorded_as_such(t0):
+    lead = blank_lead(job_level="manager")
+    rescore_leads([lead.pk], now=t0)
+    upsert_lead(lead.email, fields={"job_level": "director"})
+    rescore_leads([lead.pk], now=t0)
+    assert ledger(lead) == [("attributes", "", 15), ("attributes", "", 10)]
+    assert stored(lead)[0] == 25
+
+
+def test_decay_since_the_last_rescore_is_its_own_row(t0):
+    lead = blank_lead()
+    event(lead, "email_click", t0)
+    rescore_leads([lead.pk], now=t0)
+    event(lead, "email_open", t0 + timedelta(days=60))
+    rescore_leads([lead.pk], now=t0 + timedelta(days=60))
+    # 10 decayed to 5 over the quiet 60 days, then +5.
+    assert ledger(lead) == [
+        ("event", "Email click", 10),
+        ("event", "Email open", 5),
+        ("decay", "", -5),
+    ]
+    assert stored(lead)[1] == 10
+
+
+def test_a_late_event_that_takes_a_capped_place_keeps_the_ledger_exact(t0):
+    lead = blank_lead()
+    for minutes in (10, 20, 30):  # the third page view of the day scores 5
+        event(lead, "page_view", t0 + timedelta(minutes=minutes), url="/blog")
+    rescore_leads([lead.pk], now=t0 + timedelta(hours=1))
+    event(lead, "page_view", t0, url="/blog")  # arrives late, happened first
+    rescore_leads([lead.pk], now=t0 + timedelta(hours=1))
+    assert stored(lead)[1] == 5
+    assert sum(points for _r, _l, points in ledger(lead)) == 5
+
+
+def test_behavior_reset_ignores_earlier_events(t0):
+    lead = blank_lead(industry="software")
+    event(lead, "form_submit", t0)
+    rescore_leads([lead.pk], now=t0)
+    reset_behavior_score(lead.pk, now=t0 + timedelta(hours=1))
+    assert stored(lead) == (20, 0, 20, "cold")
+    event(lead, "email_open", t0 + timedelta(hours=2))
+    rescore_leads([lead.pk], now=t0 + timedelta(hours=2))
+    assert stored(lead) == (20, 5, 25, "cold")
+    assert ("reset", "", -50) in ledger(lead)
+    assert sum(points for _r, _l, points in ledger(lead)) == 25

@@ -126,7 +126,7 @@ def measure_api(size: dict, limits: dict, first_lead: int) -> list[dict]:
 
     token = _bench_token()
     port = free_port()
-    server = start_gunicorn(dict(os.environ), port)
+    server = start_gunicorn(_production_env(), port)
     base = f"http://127.0.0.1:{port}/api/v1"
     run_id = uuid.uuid4().hex[:8]
     try:
@@ -166,6 +166,17 @@ def measure_api(size: dict, limits: dict, first_lead: int) -> list[dict]:
             "statuses": listing.statuses,
         },
     ]
+
+
+def _production_env() -> dict:
+    """The server runs as in production (DEBUG off), only without TLS in front."""
+    return {
+        **os.environ,
+        "DEBUG": "false",
+        "SECRET_KEY": os.environ.get("SECRET_KEY") or "bench-" + "k" * 60,
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "SECURE_SSL_REDIRECT": "false",
+    }
 
 
 def _single_posts(base, token, size, run_id, open_loop):

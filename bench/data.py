@@ -60,7 +60,7 @@ def generate(*, leads: int, events: int, chunk: int = 1_000_000, log=print) -> d
     _execute(
         f"""INSERT INTO leadops_account (name, domain, industry, employee_count, created_at)
         SELECT 'ベンチ株式会社' || g, 'bench' || g || '.example.jp',
-               ({INDUSTRIES})[1 + g % 9], ({SIZES})[1 + (g * 7) % 7], now()
+               ({INDUSTRIES})[1 + g %% 9], ({SIZES})[1 + (g * 7) %% 7], now()
         FROM generate_series(1, %s) g""",
         [accounts],
     )
@@ -69,10 +69,10 @@ def generate(*, leads: int, events: int, chunk: int = 1_000_000, log=print) -> d
         f"""INSERT INTO leadops_lead (email, first_name, last_name, account_id, title, job_level,
             department, industry, employee_count, phone, source, stage, attribute_score,
             behavior_score, score, temperature, consent, unsubscribed, created_at, updated_at)
-        SELECT 'lead' || g || '@bench' || (g % %s) || '.example.jp', '太郎', '山田' || g,
-               %s + g % %s, '部長', ({JOB_LEVELS})[1 + g % 6], ({DEPARTMENTS})[1 + (g / 7) % 5],
-               ({INDUSTRIES})[1 + (g % %s) % 9], ({SIZES})[1 + ((g % %s) * 7) % 7], '',
-               ({SOURCES})[1 + (g / 3) % 7], 'new', 0, 0, 0, 'cold', false, false, now(), now()
+        SELECT 'lead' || g || '@bench' || (g %% %s) || '.example.jp', '太郎', '山田' || g,
+               %s + g %% %s, '部長', ({JOB_LEVELS})[1 + g %% 6], ({DEPARTMENTS})[1 + (g / 7) %% 5],
+               ({INDUSTRIES})[1 + (g %% %s) %% 9], ({SIZES})[1 + ((g %% %s) * 7) %% 7], '',
+               ({SOURCES})[1 + (g / 3) %% 7], 'new', 0, 0, 0, 'cold', false, false, now(), now()
         FROM generate_series(1, %s) g""",
         [accounts, first_account, accounts, accounts, accounts, leads],
     )
@@ -99,13 +99,13 @@ def _insert_events(first_lead: int, leads: int, offset: int, count: int) -> None
     _execute(
         f"""INSERT INTO leadops_activity (lead_id, type, occurred_at, properties, event_id,
             fingerprint, source, received_at)
-        SELECT %s + (hashint % %s), {EVENT_TYPE_SQL},
-               now() - (((hashint >> 8) % 7776000) || ' seconds')::interval,
-               jsonb_build_object('url', 'https://example.jp' || ({URLS})[1 + (hashint >> 4) % 7]),
+        SELECT %s + (hashint %% %s), {EVENT_TYPE_SQL},
+               now() - (((hashint >> 8) %% 7776000) || ' seconds')::interval,
+               jsonb_build_object('url', 'https://example.jp' || ({URLS})[1 + (hashint >> 4) %% 7]),
                'bench-' || g, md5(g::text) || md5(g::text), 'bench', now()
         FROM (
             SELECT g, abs(hashint8(g)) AS hashint,
-                   (abs(hashint8(g * 7919 + 13)) % 1000) / 1000.0 AS r
+                   (abs(hashint8(g * 7919 + 13)) %% 1000) / 1000.0 AS r
             FROM generate_series(%s, %s) g
         ) s""",
         [first_lead, leads, offset + 1, offset + count],

@@ -4,7 +4,7 @@ behaviour events (which may create leads in bulk) go through `leadops.ingest.ing
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -132,8 +132,14 @@ def _on_lead_saved(lead: Lead) -> None:
 
 
 def _after_lead_committed(lead_id: int) -> None:
-    """Runs after a lead's fields were created or changed and committed.
+    """Runs after a lead's fields were created or changed and committed."""
+    notify_leads_changed([lead_id])
 
-    Scoring recomputes the attribute score here (it depends only on lead fields);
-    until that work lands there is nothing to do.
+
+def notify_leads_changed(lead_ids: Iterable[int]) -> None:
+    """Runs after leads' fields were created or changed and committed (one or many leads).
+
+    Scoring enqueues the rescoring of the changed leads here (the attribute score depends
+    only on lead fields); until that work lands there is nothing to do.
     """
+    return None

@@ -15,8 +15,10 @@ code (columns from the allowlist, CTE names) are put into the SQL text.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import connection
@@ -26,10 +28,6 @@ from scoring.validators import FIELD_KINDS
 
 UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 LOWER = "abcdefghijklmnopqrstuvwxyz"
-RULE_COLUMNS = (
-    "lead_id, activity_id, occurred_at, t_us, d, d_last, last_us, last_at, "
-    "rule_id, points, daily_nth, window_days, window_cap, lead_cap"
-)
 SCORED_COLUMNS = (
     "lead_id, stage, old_attribute, old_behavior, old_score, old_temperature, attribute, "
     "b_last, last_at, behavior, attribute_rules, behavior_rules, score, temperature, "
@@ -47,8 +45,7 @@ CREATE TEMP TABLE scoring_scored (
 AWARDED_DDL = """
 DROP TABLE IF EXISTS scoring_awarded;
 CREATE TEMP TABLE scoring_awarded (
-    lead_id bigint, activity_id bigint, rule_id bigint, points int, d bigint,
-    d_last bigint, last_us bigint, last_at timestamptz
+    lead_id bigint, activity_id bigint, rule_id bigint, points int
 ) ON COMMIT DROP;
 """
 
@@ -145,125 +142,236 @@ def _attribute_sql(spec: ModelSpec, params: Params) -> tuple[str, str]:
 
 
 # --- behaviour: from activities to awarded events ------------------------------------------
+#
+# The leads' activities are sorted once, newest first: by (lead, [-window bucket],
+# -local day, time DESC, id DESC) — all monotonic in time, so this is reverse time order —
+# and every window below reuses that sort (partitions are prefixes of it):
+#   L1: each event's gap to the one before it, past the grace period ("excess"), and per
+#       daily-Nth rule how many matching events that day up to and including this one;
+#   L2: R = D_last − D_i, the excess of the quiet gaps after this event (a running sum of
+#       the newer rows), and per capped-window rule the count so far in its window;
+#   L3: per lead-capped rule the count so far.
+# Per rule k: m_k (type and conditions hold) → e1_k (daily Nth) → e2_k (window cap)
+# → a_k (lead cap), the earliest events counting first.
+# Local days and windows are whole local calendar days counted from 1970-01-01.
 
 
-def _rules_values(rules: tuple[BehaviorSpec, ...], params: Params) -> str:
-    rows = [
-        "("
-        + ", ".join(
-            [
-                f"{int(r.id)}::bigint",
-                f"{params.add(r.event_type)}::text",
-                f"{int(r.points)}::int",
-                f"{params.add(r.daily_nth)}::int",
-                f"{params.add(r.window_days)}::int",
-                f"{params.add(r.cap_per_window)}::int",
-                f"{params.add(r.cap_per_lead)}::int",
-            ]
+@dataclass(frozen=True)
+class _RuleFlags:
+    match: str
+    daily: str
+    window: str
+    awarded: str
+
+
+def _flags(k: int, rule: BehaviorSpec) -> _RuleFlags:
+    match = f"m_{k}"
+    daily = f"({match} AND dc_{k} = {int(rule.daily_nth)})" if rule.daily_nth else match
+    window = f"({daily} AND wc_{k} <= {int(rule.cap_per_window)})" if rule.cap_per_window else daily
+    awarded = f"({window} AND lc_{k} <= {int(rule.cap_per_lead)})" if rule.cap_per_lead else window
+    return _RuleFlags(match, daily, window, awarded)
+
+
+def _window_sizes(rules: tuple[BehaviorSpec, ...]) -> list[int]:
+    return sorted({int(r.window_days) for r in rules if r.cap_per_window})
+
+
+def _needs_day(rules: tuple[BehaviorSpec, ...]) -> bool:
+    return any(r.daily_nth or r.cap_per_window for r in rules)
+
+
+@lru_cache(maxsize=8)
+def fixed_utc_offset_us(zone: str) -> int | None:
+    """The zone's UTC offset in µs if it has been the same since 2000 (Asia/Tokyo: +9 h)."""
+    tz = ZoneInfo(zone)
+    offsets = {
+        datetime(year, month, 1, tzinfo=tz).utcoffset()
+        for year in range(2000, 2101)
+        for month in (1, 4, 7, 10)
+    }
+    if len(offsets) != 1:
+        return None
+    return offsets.pop() // timedelta(microseconds=1)
+
+
+def _local_day_sql(params: Params) -> str:
+    """Days since 1970-01-01 in the local calendar, as an integer (events are after 2000)."""
+    offset = fixed_utc_offset_us(settings.TIME_ZONE)
+    if offset is not None:  # integer arithmetic: much cheaper than a time zone conversion
+        return f"((t_us + {int(offset)}) / {US_PER_DAY})"
+    zone = params.add(settings.TIME_ZONE)
+    return f"((occurred_at AT TIME ZONE {zone})::date - DATE '1970-01-01')"
+
+
+def _sort_keys(rules: tuple[BehaviorSpec, ...]) -> tuple[list[str], list[str]]:
+    """(the shared sort after lead_id, the day partition's keys after lead_id)."""
+    sizes = _window_sizes(rules)
+    # Days nest in the first window size's buckets, so partitioning days by
+    # (bucket, day) keeps those windows on the same sort.
+    bucket = [f"nb_{sizes[0]}"] if sizes else []
+    day = ["nday"] if _needs_day(rules) else []
+    return [*bucket, *day, "occurred_at DESC", "id DESC"], [*bucket, *day]
+
+
+def _property_columns(rules: tuple[BehaviorSpec, ...], params: Params) -> dict[str, str]:
+    """{property key: SQL text column}, each key read from the JSON once per activity."""
+    keys: dict[str, set[str]] = {}
+    for rule in rules:
+        for key, _op, _value in rule.conditions:
+            keys.setdefault(key, set()).add(rule.event_type)
+    columns = {}
+    for j, (key, types) in enumerate(sorted(keys.items())):
+        k = params.add(key)
+        in_types = ", ".join(params.add(t) for t in sorted(types))
+        columns[key] = (
+            f"CASE WHEN a.type IN ({in_types}) AND jsonb_typeof(a.properties -> {k}) = 'string' "
+            f"THEN a.properties ->> {k} END AS p_{j}"
         )
-        + ")"
-        for r in rules
+    return columns
+
+
+def _text_condition(text: str, op: str, value: Any, params: Params) -> str:
+    if op == "equals":
+        return f"{text} = {params.add(value)}"
+    if op == "contains":
+        return f"strpos({text}, {params.add(value)}) > 0"
+    if op == "starts_with":
+        return f"starts_with({text}, {params.add(value)})"
+    return f"{text} = ANY({params.add(list(value))}::text[])"
+
+
+def _level0(spec: ModelSpec, leads: LeadSet, params: Params, *, with_reset: bool) -> str:
+    """Activities of the leads with time in µs, local day and each rule's match (m_k)."""
+    rules = spec.behavior_rules
+    properties = _property_columns(rules, params)
+    names = {key: f"p_{j}" for j, key in enumerate(sorted(properties))}
+    matches = [
+        " AND ".join(
+            [f"type = {params.add(r.event_type)}"]
+            + [f"coalesce({_text_condition(names[key], op, value, params)}, false)"
+               for key, op, value in r.conditions]
+        )
+        + f" AS m_{k}"
+        for k, r in enumerate(rules)
     ]
-    return ", ".join(rows)
-
-
-def _match_case(rules, alias: str, id_column: str, params: Params) -> str:
-    whens = " ".join(
-        f"WHEN {int(r.id)} THEN {condition_sql(r.conditions, alias, params)}" for r in rules
-    )
-    return f"CASE {id_column} {whens} END"
-
-
-def _timed_ctes(spec: ModelSpec, leads: LeadSet, params: Params, *, with_reset: bool) -> str:
-    reset_join = (
-        "LEFT JOIN scoring_leadscorestate rs ON rs.lead_id = a.lead_id" if with_reset else ""
-    )
-    reset_where = (
-        "AND (rs.behavior_reset_at IS NULL OR a.occurred_at > rs.behavior_reset_at)"
-        if with_reset
-        else ""
-    )
-    grace = params.add(spec.grace_us)
+    day = _local_day_sql(params)
+    local = [f"-{day} AS nday"] if _needs_day(rules) else []
+    local += [f"-({day} / {w}) AS nb_{w}" for w in _window_sizes(rules)]
+    reset_join, reset_where = "", ""
+    if with_reset:
+        reset_join = "LEFT JOIN scoring_leadscorestate rs ON rs.lead_id = a.lead_id"
+        reset_where = "AND (rs.behavior_reset_at IS NULL OR a.occurred_at > rs.behavior_reset_at)"
     return f"""
-acts AS (
-    SELECT a.id, a.lead_id, a.type, a.occurred_at, a.properties,
-           (extract(epoch FROM a.occurred_at) * 1000000)::bigint AS t_us
-    FROM leadops_activity a {reset_join}
-    WHERE {leads.where("a.lead_id", params)} {reset_where}
-),
-gaps AS (
-    SELECT acts.*, greatest(0, t_us - lag(t_us) OVER (
-        PARTITION BY lead_id ORDER BY occurred_at, id) - {grace}::bigint) AS excess
-    FROM acts
-),
-timed AS (
-    SELECT gaps.*,
-           (sum(excess) OVER (PARTITION BY lead_id ORDER BY occurred_at, id
-                              ROWS UNBOUNDED PRECEDING))::bigint AS d,
-           (sum(excess) OVER (PARTITION BY lead_id))::bigint AS d_last,
-           max(t_us) OVER (PARTITION BY lead_id) AS last_us,
-           max(occurred_at) OVER (PARTITION BY lead_id) AS last_at
-    FROM gaps
-)"""
+      SELECT lead_id, id, occurred_at, t_us{_columns(local)}{_columns(matches)} FROM (
+        SELECT a.lead_id, a.id, a.occurred_at, a.type,
+               (extract(epoch FROM a.occurred_at) * 1000000)::bigint AS t_us
+               {_columns(list(properties.values()))}
+        FROM leadops_activity a {reset_join}
+        WHERE {leads.where("a.lead_id", params)} {reset_where}
+      OFFSET 0) raw"""
 
 
-def _stage(name: str, source: str, applies: str, partition: str, keep: str) -> str:
-    # Rules without this feature pass through untouched; the others are ranked.
+def behavior_rows_sql(spec: ModelSpec, leads: LeadSet, params: Params) -> str:
+    """SELECT per activity of the leads: lead_id, id, occurred_at, t_us, r (µs of quiet time
+    past the grace after it), and a_k (rule k awards it)."""
+    rules = spec.behavior_rules
+    flags = [_flags(k, r) for k, r in enumerate(rules)]
+    order, day_partition = _sort_keys(rules)
+    newest_first = f"PARTITION BY lead_id ORDER BY {', '.join(order)}"
+    up_to_here = "ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING"  # this and older events
+    day_window = (
+        f"PARTITION BY {', '.join(['lead_id', *day_partition])} "
+        f"ORDER BY occurred_at DESC, id DESC {up_to_here}"
+    )
+    level1 = [
+        f"count(*) FILTER (WHERE {f.match}) OVER ({day_window}) AS dc_{k}"
+        for k, (f, r) in enumerate(zip(flags, rules, strict=True))
+        if r.daily_nth
+    ]
+    level2 = [
+        f"count(*) FILTER (WHERE {f.daily}) OVER (PARTITION BY lead_id, nb_{int(r.window_days)} "
+        f"ORDER BY {', '.join(o for o in order if not o.startswith('nb_'))} {up_to_here}) "
+        f"AS wc_{k}"
+        for k, (f, r) in enumerate(zip(flags, rules, strict=True))
+        if r.cap_per_window
+    ]
+    level3 = [
+        f"count(*) FILTER (WHERE {f.window}) OVER ({newest_first} {up_to_here}) AS lc_{k}"
+        for k, (f, r) in enumerate(zip(flags, rules, strict=True))
+        if r.cap_per_lead
+    ]
+    awarded = ", ".join(f"{f.awarded} AS a_{k}" for k, f in enumerate(flags))
+    grace = f"{int(spec.grace_us)}::bigint"
+    newer = "ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING"
     return f"""
-{name} AS (
-    SELECT {RULE_COLUMNS} FROM {source} WHERE NOT ({applies})
-    UNION ALL
-    SELECT {RULE_COLUMNS} FROM (
-        SELECT {source}.*, row_number() OVER (
-            PARTITION BY {partition} ORDER BY occurred_at, activity_id) AS rn
-        FROM {source} WHERE {applies}
-    ) ranked WHERE {keep}
-)"""
+    SELECT lead_id, id, occurred_at, t_us, r, {awarded} FROM (
+      SELECT l2.*{_columns(level3)} FROM (
+        SELECT l1.*, coalesce(sum(excess) OVER ({newest_first} {newer}), 0)::bigint AS r
+               {_columns(level2)}
+        FROM (
+          SELECT l0.*,
+                 greatest(0, t_us - lead(t_us) OVER ({newest_first}) - {grace}) AS excess
+                 {_columns(level1)}
+          FROM ({_level0(spec, leads, params, with_reset=_any_reset())} OFFSET 0) l0
+        OFFSET 0) l1
+      OFFSET 0) l2
+    OFFSET 0) l3"""
 
 
-def _cap_stages(rules: tuple[BehaviorSpec, ...], params: Params) -> tuple[list[str], str]:
-    ctes, source = [], "matched"
-    if any(r.daily_nth for r in rules):
-        day = f"(occurred_at AT TIME ZONE {params.add(settings.TIME_ZONE)})::date"
-        partition = f"lead_id, rule_id, {day}"
-        ctes.append(_stage("daily", source, "daily_nth IS NOT NULL", partition, "rn = daily_nth"))
-        source = "daily"
-    if any(r.cap_per_window for r in rules):
-        bucket = f"t_us / (window_days::bigint * {US_PER_DAY})"
-        partition = f"lead_id, rule_id, {bucket}"
-        keep = "rn <= window_cap"
-        ctes.append(_stage("windowed", source, "window_cap IS NOT NULL", partition, keep))
-        source = "windowed"
-    if any(r.cap_per_lead for r in rules):
-        keep = "rn <= lead_cap"
-        ctes.append(_stage("capped", source, "lead_cap IS NOT NULL", "lead_id, rule_id", keep))
-        source = "capped"
-    return ctes, source
+def _columns(items: list[str]) -> str:
+    return "".join(f", {item}" for item in items)
 
 
-def awarded_ctes(spec: ModelSpec, leads: LeadSet, params: Params) -> str:
-    """CTEs ending in `awarded`: one row per (event, rule) that scores, with its D values."""
+def behavior_per_lead_sql(spec: ModelSpec, leads: LeadSet, params: Params) -> str:
+    """SELECT lead_id, b_last, last_us, last_at, rules (breakdown JSON) for leads with points."""
     rules = spec.behavior_rules
     if not rules:
         return (
-            "awarded AS (SELECT NULL::bigint AS lead_id, NULL::bigint AS activity_id, "
-            "NULL::bigint AS rule_id, NULL::int AS points, NULL::bigint AS d, "
-            "NULL::bigint AS d_last, NULL::bigint AS last_us, NULL::timestamptz AS last_at "
-            "WHERE false)"
+            "SELECT NULL::bigint AS lead_id, NULL::float8 AS b_last, NULL::bigint AS last_us, "
+            "NULL::timestamptz AS last_at, NULL::jsonb AS rules WHERE false"
         )
-    matched = f"""
-matched AS (
-    SELECT t.lead_id, t.id AS activity_id, t.occurred_at, t.t_us, t.d, t.d_last, t.last_us,
-           t.last_at, r.rule_id, r.points, r.daily_nth, r.window_days, r.window_cap, r.lead_cap
-    FROM timed t
-    JOIN (VALUES {_rules_values(rules, params)})
-        AS r(rule_id, event_type, points, daily_nth, window_days, window_cap, lead_cap)
-      ON r.event_type = t.type AND {_match_case(rules, "t", "r.rule_id", params)}
-)"""
-    stages, source = _cap_stages(rules, params)
-    ctes = [_timed_ctes(spec, leads, params, with_reset=_any_reset()), matched, *stages]
-    ctes.append(f"awarded AS (SELECT {RULE_COLUMNS} FROM {source})")
-    return ",".join(ctes)
+    hl = f"{int(spec.half_life_us)}::float8"
+    weight = f"power(0.5::float8, r::float8 / {hl})"
+    per_rule = ", ".join(
+        f"count(*) FILTER (WHERE a_{k}) AS n_{k}, sum({weight}) FILTER (WHERE a_{k}) AS w_{k}"
+        for k in range(len(rules))
+    )
+    # p × Σ weights per rule (summed newest first, the input order), then the rules in
+    # order: the same float operations as reference.py, so the same result bit for bit.
+    b_last = " + ".join(
+        ["0::float8", *(f"coalesce({int(r.points)} * w_{k}, 0)" for k, r in enumerate(rules))]
+    )
+    items = ", ".join(
+        f"CASE WHEN n_{k} > 0 THEN jsonb_build_array({int(r.id)}, n_{k}, n_{k} * {int(r.points)}) END"
+        for k, r in enumerate(rules)
+    )
+    any_rule = " OR ".join(f"n_{k} > 0" for k in range(len(rules)))
+    return f"""
+    SELECT lead_id, {b_last} AS b_last, last_us, last_at,
+           to_jsonb(array_remove(ARRAY[{items}]::jsonb[], NULL)) AS rules
+    FROM (
+        SELECT lead_id, max(t_us) AS last_us, max(occurred_at) AS last_at, {per_rule}
+        FROM ({behavior_rows_sql(spec, leads, params)}) r GROUP BY lead_id
+    ) per_lead
+    WHERE {any_rule}"""
+
+
+def awarded_rows_sql(spec: ModelSpec, leads: LeadSet, params: Params) -> str:
+    """SELECT (lead_id, activity_id, rule_id, points) of every awarded event (for the ledger)."""
+    rules = spec.behavior_rules
+    if not rules:
+        return (
+            "SELECT NULL::bigint AS lead_id, NULL::bigint AS activity_id, "
+            "NULL::bigint AS rule_id, NULL::int AS points WHERE false"
+        )
+    values = ", ".join(
+        f"({int(r.id)}::bigint, a_{k}, {int(r.points)}::int)" for k, r in enumerate(rules)
+    )
+    return f"""
+    SELECT r.lead_id, r.id AS activity_id, v.rule_id, v.points
+    FROM ({behavior_rows_sql(spec, leads, params)}) r
+    CROSS JOIN LATERAL (VALUES {values}) AS v(rule_id, hit, points)
+    WHERE v.hit"""
 
 
 def _any_reset() -> bool:
@@ -301,15 +409,9 @@ def decay_sql(b_last: str, last_us: str, spec: ModelSpec, now: datetime, params:
 
 
 def scored_select(
-    spec: ModelSpec,
-    old_spec: ModelSpec,
-    leads: LeadSet,
-    now: datetime,
-    params: Params,
-    *,
-    awarded: str = "awarded",
+    spec: ModelSpec, old_spec: ModelSpec, leads: LeadSet, now: datetime, params: Params
 ) -> str:
-    """CTEs per_rule/behavior and the SELECT of SCORED_COLUMNS, reading `awarded`."""
+    """SELECT of SCORED_COLUMNS: per lead, old values, new scores and the breakdown."""
     attribute, attribute_ids = _attribute_sql(spec, params)
     behavior = decay_sql("b.b_last", "b.last_us", spec, now, params)
     inner = f"""
@@ -319,30 +421,28 @@ def scored_select(
            coalesce(b.b_last, 0)::float8 AS b_last, b.last_at,
            coalesce({behavior}, 0) AS behavior, {attribute_ids} AS attribute_rules,
            coalesce(b.rules, '[]'::jsonb) AS behavior_rules
-    FROM leadops_lead l LEFT JOIN behavior b ON b.lead_id = l.id
+    FROM leadops_lead l
+    LEFT JOIN ({behavior_per_lead_sql(spec, leads, params)}) b ON b.lead_id = l.id
     WHERE {leads.where("l.id", params)}"""
     total = "(s.attribute + s.behavior)"
+    temperature = temperature_sql(spec, total)
     new_mql = _mql_sql(spec, total, "s.behavior", "s.attribute")
     old_mql = _mql_sql(old_spec, "s.old_score", "s.old_behavior", "s.old_attribute")
-    hl = f"{int(spec.half_life_us)}::float8"
     return f"""
-per_rule AS (
-    SELECT lead_id, rule_id, count(*) AS n, sum(points) AS pts,
-           sum(points * power(0.5::float8, (d_last - d)::float8 / {hl})) AS decayed,
-           max(last_us) AS last_us, max(last_at) AS last_at
-    FROM {awarded} GROUP BY lead_id, rule_id
-),
-behavior AS (
-    SELECT lead_id, sum(decayed) AS b_last, max(last_us) AS last_us, max(last_at) AS last_at,
-           jsonb_agg(jsonb_build_array(rule_id, n, pts) ORDER BY rule_id) AS rules
-    FROM per_rule GROUP BY lead_id
-)
-SELECT s.*, {total} AS score, {temperature_sql(spec, total)} AS temperature,
+SELECT s.*, {total} AS score, {temperature} AS temperature,
        {new_mql} AS new_mql, {old_mql} AS old_mql,
        (s.old_attribute, s.old_behavior, s.old_score, s.old_temperature)
-         IS DISTINCT FROM (s.attribute, s.behavior, {total}, {temperature_sql(spec, total)})
-         AS changed
+         IS DISTINCT FROM (s.attribute, s.behavior, {total}, {temperature}) AS changed
 FROM ({inner}) s"""
+
+
+def tune_session() -> None:
+    """For this transaction: no JIT (compiling these wide queries costs seconds) and room
+    to sort a chunk's activities in memory."""
+    execute(
+        "SELECT set_config('jit', 'off', true), set_config('work_mem', %(mem)s, true)",
+        {"mem": getattr(settings, "SCORING_WORK_MEM", "256MB")},
+    )
 
 
 def score_into_temp_table(
@@ -354,24 +454,27 @@ def score_into_temp_table(
     keep_awarded: bool = False,
 ) -> None:
     """Fill `scoring_scored` (and `scoring_awarded` if asked) for the leads; no other writes."""
+    tune_session()
     execute(SCORED_DDL)
-    old_spec = old_spec or spec
     params = Params()
+    select = scored_select(spec, old_spec or spec, leads, now, params)
+    execute(f"INSERT INTO scoring_scored ({SCORED_COLUMNS}) {select}", params)
     if keep_awarded:
         execute(AWARDED_DDL)
-        columns = "lead_id, activity_id, rule_id, points, d, d_last, last_us, last_at"
-        awarded = f"WITH {awarded_ctes(spec, leads, params)} SELECT {columns} FROM awarded"
-        execute(f"INSERT INTO scoring_awarded ({columns}) {awarded}", params)
         params = Params()
-        select = scored_select(spec, old_spec, leads, now, params, awarded="scoring_awarded")
-        sql = f"WITH {select}"
-    else:
-        select = scored_select(spec, old_spec, leads, now, params)
-        sql = f"WITH {awarded_ctes(spec, leads, params)}, {select}"
-    execute(f"INSERT INTO scoring_scored ({SCORED_COLUMNS}) {sql}", params)
+        columns = "lead_id, activity_id, rule_id, points"
+        rows = awarded_rows_sql(spec, leads, params)
+        execute(f"INSERT INTO scoring_awarded ({columns}) {rows}", params)
 
 
 # --- triggers -----------------------------------------------------------------------------
+
+
+def _match_case(rules, alias: str, id_column: str, params: Params) -> str:
+    whens = " ".join(
+        f"WHEN {int(r.id)} THEN {condition_sql(r.conditions, alias, params)}" for r in rules
+    )
+    return f"CASE {id_column} {whens} END"
 
 
 def _trigger_values(rules: tuple[TriggerSpec, ...], params: Params) -> str:

@@ -16,14 +16,18 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
 
-from scoring.spec import US_PER_DAY, AttributeSpec, BehaviorSpec, ModelSpec, spec_for, to_us
+from scoring.spec import AttributeSpec, BehaviorSpec, ModelSpec, spec_for, to_us
 from scoring.validators import ascii_lower
+
+
+# Per-window caps use fixed windows of N local calendar days, counted from 1970-01-01.
+EPOCH_DAY = date(1970, 1, 1)
 
 
 class EventLike(Protocol):
@@ -101,12 +105,12 @@ def _behavior_at_last_activity(
         awarded = awarded_indexes(rule, ordered)
         if not awarded:
             continue
-        d_last = positions[-1]
-        decayed = [
-            rule.points * math.pow(0.5, (d_last - positions[i]) / spec.half_life_us)
-            for i in awarded
-        ]
-        total += sum(decayed)
+        # Points × the sum of the weights: the SQL does the same float operations in the
+        # same order, so both give the same number bit for bit.
+        weights = 0.0
+        for i in reversed(awarded):  # newest first, as the SQL sums them
+            weights += math.pow(0.5, (positions[-1] - positions[i]) / spec.half_life_us)
+        total += rule.points * weights
         rules.append((rule.id, len(awarded), rule.points * len(awarded)))
     return total, rules
 
@@ -130,11 +134,10 @@ def awarded_indexes(rule: BehaviorSpec, ordered: Sequence[EventLike]) -> list[in
     if rule.daily_nth:
         chosen = _keep_ranked(chosen, ordered, _local_day, lambda rank: rank == rule.daily_nth)
     if rule.cap_per_window:
-        width = rule.window_days * US_PER_DAY
         chosen = _keep_ranked(
             chosen,
             ordered,
-            lambda e: to_us(e.occurred_at) // width,
+            lambda e: (_local_day(e) - EPOCH_DAY).days // rule.window_days,
             lambda rank: rank <= rule.cap_per_window,
         )
     if rule.cap_per_lead:

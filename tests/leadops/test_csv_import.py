@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from django.contrib.auth.models import Group
 from django.core.management import CommandError, call_command
-from django.db import DataError
+from django.db import DatabaseError, connection
 from django.urls import reverse
 from django.utils import translation
 
@@ -26,7 +26,7 @@ from leadops.csv_import import (
     split_full_name,
 )
 from leadops.models import Account, Lead
-from tests.factories import LeadFactory
+from tests.factories import AccountFactory, LeadFactory
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 JA_HEADER = ["メールアドレス", "氏名", "会社名", "役職", "部署", "業種", "従業員数", "電話番号"]
@@ -400,31 +400,240 @@ def test_blank_rows_are_skipped():
     assert statuses(report) == {2: "created", 3: "skipped", 4: "skipped", 5: "created"}
 
 
+@pytest.fixture
+def refused_email(db):
+    """Makes the database refuse one email, whichever way the lead is written.
+
+    A real error from PostgreSQL (a trigger, dropped with the test's transaction), as a
+    value the validation cannot foresee would raise it, in the bulk and the per-row path.
+    """
+
+    def refuse(email: str) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                """
+                CREATE FUNCTION test_refuse_lead() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    IF NEW.email = TG_ARGV[0] THEN
+                        RAISE EXCEPTION 'value too long for type character varying(20)'
+                            USING ERRCODE = 'string_data_right_truncation';
+                    END IF;
+                    RETURN NEW;
+                END $$
+                """
+            )
+            cursor.execute(
+                "CREATE TRIGGER test_refuse_lead BEFORE INSERT OR UPDATE ON leadops_lead "
+                "FOR EACH ROW EXECUTE FUNCTION test_refuse_lead(%s)",
+                [email],
+            )
+
+    return refuse
+
+
 @pytest.mark.django_db
-def test_a_row_failing_in_the_database_is_rolled_back_whole(monkeypatch):
-    real_save = Lead.save
-
-    def save_then_fail(lead, *args, **kwargs):
-        real_save(lead, *args, **kwargs)  # the lead and its new account are written…
-        if lead.email == "boom@example.jp":  # …then the database refuses something
-            raise DataError("value too long for type character varying(20)")
-
-    monkeypatch.setattr(Lead, "save", save_then_fail)
+def test_a_row_failing_in_the_database_is_rolled_back_whole(refused_email):
+    refused_email("boom@example.jp")
     rows = [["email", "会社名"], ["a@example.jp", "A社"], ["boom@example.jp", "爆発社"]]
     report = run(csv_bytes(rows + [["c@example.jp", "C社"]]))
 
     assert statuses(report) == {2: "created", 3: "error", 4: "created"}
     assert "could not be saved" in report.rows[1].errors["row"][0]
+    assert "value too long" in report.rows[1].errors["row"][0]
     assert not Lead.objects.filter(email="boom@example.jp").exists()
-    assert not Account.objects.filter(name="爆発社").exists()
+    assert not Account.objects.filter(name="爆発社").exists()  # the row's account is gone too
     assert Lead.objects.count() == 2
+
+
+@pytest.mark.django_db
+def test_a_batch_the_database_refuses_is_written_again_row_by_row(monkeypatch, refused_email):
+    monkeypatch.setattr(csv_import, "BATCH_ROWS", 4)
+    per_row: list[str] = []
+    real_upsert = csv_import.upsert_lead
+
+    def spy(email, **kwargs):
+        per_row.append(email)
+        return real_upsert(email, **kwargs)
+
+    monkeypatch.setattr(csv_import, "upsert_lead", spy)
+    LeadFactory(email="u5@example.jp", title="部長", phone="03-0000-0000")
+    refused_email("u6@example.jp")
+    rows = [["email", "役職", "会社名"]] + [[f"u{i}@example.jp", "", f"社{i}"] for i in range(12)]
+    report = run(csv_bytes(rows))
+
+    # Rows 2-5, 6-9 (u4…u7, with the refused u6 at row 8) and 10-13 are the batches.
+    assert report.counts == {"created": 10, "updated": 1, "skipped": 0, "error": 1}
+    assert [(row, label) for row, _e, label, _m in report.error_lines] == [(8, "whole row")]
+    assert report.error_lines[0][1] == "u6@example.jp"
+    assert per_row == ["u4@example.jp", "u5@example.jp", "u6@example.jp", "u7@example.jp"]
+    assert set(Lead.objects.values_list("email", flat=True)) == {
+        f"u{i}@example.jp" for i in range(12) if i != 6
+    }
+    known = Lead.objects.get(email="u5@example.jp")
+    assert (known.title, known.phone, known.company) == ("部長", "03-0000-0000", "社5")
+    assert not Account.objects.filter(name="社6").exists()
+
+
+@pytest.mark.django_db
+def test_rescoring_hears_of_each_batch_once_committed(
+    monkeypatch, refused_email, django_capture_on_commit_callbacks
+):
+    from leadops import services
+
+    monkeypatch.setattr(csv_import, "BATCH_ROWS", 3)
+    calls: list[list[int]] = []
+    monkeypatch.setattr(services, "notify_leads_changed", lambda ids: calls.append(list(ids)))
+    LeadFactory(email="u1@example.jp", title="部長")
+    refused_email("u4@example.jp")
+    rows = [["email", "役職"]] + [[f"u{i}@example.jp", "課長"] for i in range(6)]
+
+    with django_capture_on_commit_callbacks(execute=True):
+        run(csv_bytes(rows))
+
+    ids = dict(Lead.objects.values_list("email", "id"))
+    # One call for the bulk batch (u0-u2), one per row written by the per-row retry.
+    assert calls == [
+        sorted(ids[f"u{i}@example.jp"] for i in range(3)),
+        [ids["u3@example.jp"]],
+        [ids["u5@example.jp"]],
+    ]
+
+
+@pytest.fixture(params=["bulk", "row by row"])
+def write_path(request, monkeypatch):
+    """Runs a test through the bulk write and through the per-row retry (`upsert_lead`)."""
+    if request.param == "row by row":
+
+        def refuse(rows):
+            raise DatabaseError("forced: write row by row")
+
+        monkeypatch.setattr(csv_import, "bulk_upsert_leads", refuse)
+    return request.param
+
+
+@pytest.mark.django_db
+def test_accounts_are_created_on_first_sight_and_filled_never_overwritten(write_path):
+    AccountFactory(name="空社", industry="", employee_count=None)
+    AccountFactory(name="満社", industry="finance", employee_count=500)
+    AccountFactory(name="零社", industry="", employee_count=0)
+    LeadFactory(email="old@example.jp", account=AccountFactory(name="旧社"), industry="")
+    rows = [
+        ["email", "会社名", "業種", "従業員数"],
+        ["a@example.jp", "空社", "ソフトウェア", "1,200名"],
+        ["b@example.jp", "満社", "小売", "50"],
+        ["c@example.jp", "新社", "", ""],
+        ["d@example.jp", "新社", "製造業", "300"],
+        ["e@example.jp", "新社", "金融", "10"],
+        ["f@example.jp", "零社", "", "80"],
+        ["old@example.jp", "満社", "教育", ""],
+    ]
+    report = run(csv_bytes(rows))
+
+    assert report.counts == {"created": 6, "updated": 1, "skipped": 0, "error": 0}
+    accounts = {a.name: (a.industry, a.employee_count) for a in Account.objects.all()}
+    assert accounts == {
+        "空社": ("software", 1200),  # blank fields filled
+        "満社": ("finance", 500),  # never overwritten
+        "零社": ("", 80),  # 0 employees counts as unknown
+        "新社": ("manufacturing", 300),  # created blank by row 4, filled by row 5
+        "旧社": ("software", 120),
+    }
+    # The leads keep their own values, whatever their account holds.
+    assert Lead.objects.get(email="b@example.jp").industry == "retail"
+    old = Lead.objects.get(email="old@example.jp")
+    assert (old.company, old.industry) == ("満社", "education")
+
+
+@pytest.mark.django_db
+def test_awkward_values_survive_the_bulk_write_unchanged():
+    awkward = ['A, "Inc." {x}', "back\\slash\\", "NULL", "  padded ", "絵文字🎉"]
+    rows = [["email", "会社名", "役職"]]
+    rows += [[f"w{i}@example.jp", value, value] for i, value in enumerate(awkward)]
+    run(csv_bytes(rows))
+
+    stored = Lead.objects.select_related("account").order_by("email")
+    # Cells are stripped when read, as ever; everything else is kept as written.
+    assert [(lead.company, lead.title) for lead in stored] == [
+        (value.strip(), value.strip()) for value in awkward
+    ]
+
+
+def big_list(existing: int, rows: int) -> tuple[list[list[str]], dict[str, int]]:
+    """A lead list of `rows` leads, 20 bad rows and 30 repeats; {email: its first row}."""
+    header = ["メールアドレス", "氏名", "会社名", "役職", "従業員数", "電話番号"]
+    body = [
+        [
+            f"r{i}@example.jp",
+            f"姓{i} 名",
+            f"社{i % 250}",
+            "" if i < existing else "課長",
+            "" if i % 3 else f"{i}名",
+            f"090-{i:04d}",
+        ]
+        for i in range(rows)
+    ]
+    for k in range(20):
+        body.insert(150 * k + 7, [f"bad{k}", "x", "", "", "", ""])
+    body += [[f"r{i}@example.jp", "", "", "本部長", "", ""] for i in range(1000, 1030)]
+    first_row: dict[str, int] = {}
+    for number, cells in enumerate(body, start=2):
+        first_row.setdefault(cells[0], number)
+    return [header, *body], first_row
+
+
+@pytest.mark.django_db
+def test_a_large_import_lands_whole_in_few_queries(django_assert_max_num_queries):
+    Lead.objects.bulk_create(
+        Lead(email=f"r{i}@example.jp", title="部長", phone="03", source="" if i % 2 else "紹介")
+        for i in range(300)
+    )
+    rows, first_row = big_list(existing=300, rows=3000)
+
+    with django_assert_max_num_queries(4 * 8):  # 4 batches: a lookup and ≤ 7 writes each
+        report = run(csv_bytes(rows))
+
+    assert report.counts == {"created": 2700, "updated": 330, "skipped": 0, "error": 20}
+    assert {row for row, *_ in report.error_lines} == {first_row[f"bad{k}"] for k in range(20)}
+    assert [(r.row, r.duplicate_of) for r in report.merged_rows][:2] == [
+        (len(rows) - 29, first_row["r1000@example.jp"]),
+        (len(rows) - 28, first_row["r1001@example.jp"]),
+    ]
+    assert Lead.objects.count() == 3000
+    assert Account.objects.count() == 250
+    leads = Lead.objects.select_related("account").in_bulk(
+        [
+            "r0@example.jp",
+            "r1@example.jp",
+            "r1005@example.jp",
+            "r2997@example.jp",
+            "r2999@example.jp",
+        ],
+        field_name="email",
+    )
+    r0, r1 = leads["r0@example.jp"], leads["r1@example.jp"]
+    assert (r0.title, r0.phone, r0.last_name, r0.source) == ("部長", "090-0000", "姓0", "紹介")
+    assert (r1.title, r1.company, r1.employee_count, r1.source) == (
+        "部長",
+        "社1",
+        None,
+        "CSV import",
+    )
+    r1005 = leads["r1005@example.jp"]
+    assert (r1005.title, r1005.job_level, r1005.last_name) == ("本部長", "director", "姓1005")
+    assert (r1005.company, r1005.phone) == ("社5", "090-1005")
+    r2997 = leads["r2997@example.jp"]
+    assert (r2997.first_name, r2997.employee_count, r2997.company) == ("名", 2997, "社247")
+    assert (r2997.stage, r2997.score, r2997.temperature) == ("new", 0, "cold")
+    assert (r2997.consent, r2997.unsubscribed, r2997.created_at is not None) == (False, False, True)
+    assert leads["r2999@example.jp"].employee_count is None
+    assert Account.objects.get(name="社3").employee_count == 3  # from the first row naming it
 
 
 # --- dedupe and merge ------------------------------------------------------------------
 
 
 @pytest.mark.django_db
-def test_rows_with_the_same_email_merge_into_one_lead():
+def test_rows_with_the_same_email_merge_into_one_lead(write_path):
     rows = [
         ["email", "氏名", "会社名", "役職", "電話番号"],
         ["dup@example.jp", "山田 太郎", "A社", "", "03-1111-1111"],
@@ -443,7 +652,7 @@ def test_rows_with_the_same_email_merge_into_one_lead():
 
 
 @pytest.mark.django_db
-def test_duplicates_across_batches_merge_too(monkeypatch):
+def test_duplicates_across_batches_merge_too(monkeypatch, write_path):
     monkeypatch.setattr(csv_import, "BATCH_ROWS", 2)
     rows = [["email", "役職"]] + [[f"u{i}@example.jp", ""] for i in range(5)]
     rows += [["u0@example.jp", "部長"]]
@@ -455,7 +664,7 @@ def test_duplicates_across_batches_merge_too(monkeypatch):
 
 
 @pytest.mark.django_db
-def test_known_emails_are_updated_only_by_non_empty_cells():
+def test_known_emails_are_updated_only_by_non_empty_cells(write_path):
     LeadFactory(email="known@example.jp", title="部長", phone="03-0000-0000", source="ウェビナー")
     rows = [
         ["メールアドレス", "役職", "電話番号", "部署"],
@@ -471,7 +680,7 @@ def test_known_emails_are_updated_only_by_non_empty_cells():
 
 
 @pytest.mark.django_db
-def test_default_source_applies_to_new_leads_without_a_source_cell():
+def test_default_source_applies_to_new_leads_without_a_source_cell(write_path):
     rows = [["email", "流入元"], ["a@example.jp", ""], ["b@example.jp", "紹介"]]
     run(csv_bytes(rows), default_source=" 展示会 2026-11 ")
 

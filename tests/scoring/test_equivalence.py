@@ -6,7 +6,6 @@ histories (with bursts and equal timestamps), and a random clock; every lead's s
 scores, state and breakdown must equal `compute_lead_score` for it.
 """
 
-import math
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -151,9 +150,8 @@ def assert_equal_to_reference(leads: list[Lead], model, now: datetime) -> None:
             expected.temperature,
         ), lead.pk
         state = states[lead.pk]
-        assert math.isclose(
-            state.behavior_at_last_activity, expected.behavior_at_last_activity, abs_tol=1e-9
-        )
+        # Same float operations in the same order: equal bit for bit, not just close.
+        assert state.behavior_at_last_activity == expected.behavior_at_last_activity
         assert state.last_activity_at == expected.last_activity_at
         assert state.breakdown["a"] == expected.attribute_rule_ids
         assert [tuple(row) for row in state.breakdown["b"]] == expected.behavior_rules

@@ -14,9 +14,10 @@ sql → nurturing edge.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -111,12 +112,58 @@ def _move(lead_id: int, *, from_stage: str, to_stage: str) -> bool:
 
 
 def mark_lead_mql(lead_id: int, *, reason: str, actor: Any = None) -> StageTransition:
-    """What happens when a lead becomes an MQL (its score met the MQL rule, or a trigger).
+    """A lead became an MQL: `mark_leads_mql` for one lead; IllegalTransition if its stage
+    does not lead to MQL."""
+    from_stage = Lead.objects.values_list("stage", flat=True).get(pk=lead_id)
+    check_transition(from_stage, Stage.MQL, reason=reason)
+    moved = mark_leads_mql({lead_id: reason}, actor=actor)
+    if not moved:
+        raise IllegalTransition(
+            _("The lead changed stage meanwhile; reload it and try again."),
+            from_stage=from_stage,
+            to_stage=Stage.MQL,
+        )
+    return moved[0]
 
-    Scoring calls this for each lead that crosses into MQL; people may call it too.
-    Raises IllegalTransition when the lead's stage does not lead to MQL.
+
+@transaction.atomic
+def mark_leads_mql(reasons: Mapping[int, str], *, actor: Any = None) -> list[StageTransition]:
+    """What happens when leads become MQLs (the MQL rule met, or a hand-off trigger).
+
+    `reasons` maps lead ids to why. Each lead in a stage that leads to MQL (new,
+    nurturing) moves to mql with its transition recorded; the others stay as they are.
+    Set-based, so an activation that qualifies thousands of leads stays fast. Returns the
+    transitions made.
     """
-    transition = transition_lead(lead_id, to_stage=Stage.MQL, actor=actor, reason=reason)
-    # The Lifecycle and hand-off issue opens the IS hand-off here, in this transaction:
+    if not reasons:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """UPDATE leadops_lead l SET stage = %(mql)s, updated_at = %(now)s
+            FROM (SELECT id, stage FROM leadops_lead
+                  WHERE id = ANY(%(ids)s::bigint[]) AND stage = ANY(%(from)s)
+                  ORDER BY id FOR UPDATE) before
+            WHERE l.id = before.id
+            RETURNING l.id, before.stage, l.score""",
+            {
+                "mql": Stage.MQL,
+                "now": timezone.now(),
+                "ids": sorted(reasons),
+                "from": sorted(MQL_ENTRY_STAGES),
+            },
+        )
+        moved = sorted(cursor.fetchall())
+    transitions = StageTransition.objects.bulk_create(
+        StageTransition(
+            lead_id=lead_id,
+            from_stage=from_stage,
+            to_stage=Stage.MQL,
+            actor=actor,
+            reason=reasons[lead_id],
+            score_snapshot=score,
+        )
+        for lead_id, from_stage, score in moved
+    )
+    # The Lifecycle and hand-off issue opens the IS hand-offs here, in this transaction:
     # assignment by the team's rule, the SLA deadline for first contact, notifications.
-    return transition
+    return transitions

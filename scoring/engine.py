@@ -23,7 +23,15 @@ from zoneinfo import ZoneInfo
 from django.conf import settings
 from django.db import connection
 
-from scoring.spec import US_PER_DAY, AttributeSpec, BehaviorSpec, ModelSpec, TriggerSpec, to_us
+from scoring.spec import (
+    US_PER_DAY,
+    AttributeSpec,
+    BehaviorSpec,
+    ModelSpec,
+    TriggerSpec,
+    epoch_us_sql,
+    to_us,
+)
 from scoring.validators import FIELD_KINDS
 
 UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -240,7 +248,7 @@ def _text_condition(text: str, op: str, value: Any, params: Params) -> str:
     return f"{text} = ANY({params.add(list(value))}::text[])"
 
 
-def _level0(spec: ModelSpec, leads: LeadSet, params: Params, *, with_reset: bool) -> str:
+def _level0(spec: ModelSpec, leads: LeadSet, params: Params) -> str:
     """Activities of the leads with time in µs, local day and each rule's match (m_k)."""
     rules = spec.behavior_rules
     properties = _property_columns(rules, params)
@@ -248,8 +256,10 @@ def _level0(spec: ModelSpec, leads: LeadSet, params: Params, *, with_reset: bool
     matches = [
         " AND ".join(
             [f"type = {params.add(r.event_type)}"]
-            + [f"coalesce({_text_condition(names[key], op, value, params)}, false)"
-               for key, op, value in r.conditions]
+            + [
+                f"coalesce({_text_condition(names[key], op, value, params)}, false)"
+                for key, op, value in r.conditions
+            ]
         )
         + f" AS m_{k}"
         for k, r in enumerate(rules)
@@ -257,14 +267,17 @@ def _level0(spec: ModelSpec, leads: LeadSet, params: Params, *, with_reset: bool
     day = _local_day_sql(params)
     local = [f"-{day} AS nday"] if _needs_day(rules) else []
     local += [f"-({day} / {w}) AS nb_{w}" for w in _window_sizes(rules)]
-    reset_join, reset_where = "", ""
-    if with_reset:
-        reset_join = "LEFT JOIN scoring_leadscorestate rs ON rs.lead_id = a.lead_id"
-        reset_where = "AND (rs.behavior_reset_at IS NULL OR a.occurred_at > rs.behavior_reset_at)"
+    # Events up to a lead's behaviour reset no longer count (see LeadScoreState). Few
+    # leads have one: for id ranges the partial index finds them, ids are looked up.
+    resets = "scoring_leadscorestate"
+    if leads.ids is None:
+        resets = "(SELECT * FROM scoring_leadscorestate WHERE behavior_reset_at IS NOT NULL)"
+    reset_join = f"LEFT JOIN {resets} rs ON rs.lead_id = a.lead_id"
+    reset_where = "AND (rs.behavior_reset_at IS NULL OR a.occurred_at > rs.behavior_reset_at)"
     return f"""
       SELECT lead_id, id, occurred_at, t_us{_columns(local)}{_columns(matches)} FROM (
         SELECT a.lead_id, a.id, a.occurred_at, a.type,
-               (extract(epoch FROM a.occurred_at) * 1000000)::bigint AS t_us
+               {epoch_us_sql("a.occurred_at")} AS t_us
                {_columns(list(properties.values()))}
         FROM leadops_activity a {reset_join}
         WHERE {leads.where("a.lead_id", params)} {reset_where}
@@ -272,8 +285,9 @@ def _level0(spec: ModelSpec, leads: LeadSet, params: Params, *, with_reset: bool
 
 
 def behavior_rows_sql(spec: ModelSpec, leads: LeadSet, params: Params) -> str:
-    """SELECT per activity of the leads: lead_id, id, occurred_at, t_us, r (µs of quiet time
-    past the grace after it), and a_k (rule k awards it)."""
+    """SELECT per activity of the leads: lead_id, id, occurred_at, the lead's last activity
+    (last_us, last_at), r (µs of quiet time past the grace after it), a_k (rule k awards
+    it)."""
     rules = spec.behavior_rules
     flags = [_flags(k, r) for k, r in enumerate(rules)]
     order, day_partition = _sort_keys(rules)
@@ -304,15 +318,17 @@ def behavior_rows_sql(spec: ModelSpec, leads: LeadSet, params: Params) -> str:
     grace = f"{int(spec.grace_us)}::bigint"
     newer = "ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING"
     return f"""
-    SELECT lead_id, id, occurred_at, t_us, r, {awarded} FROM (
+    SELECT lead_id, id, occurred_at, last_us, last_at, r, {awarded} FROM (
       SELECT l2.*{_columns(level3)} FROM (
         SELECT l1.*, coalesce(sum(excess) OVER ({newest_first} {newer}), 0)::bigint AS r
                {_columns(level2)}
         FROM (
           SELECT l0.*,
-                 greatest(0, t_us - lead(t_us) OVER ({newest_first}) - {grace}) AS excess
+                 greatest(0, t_us - lead(t_us) OVER ({newest_first}) - {grace}) AS excess,
+                 first_value(t_us) OVER ({newest_first}) AS last_us,
+                 first_value(occurred_at) OVER ({newest_first}) AS last_at
                  {_columns(level1)}
-          FROM ({_level0(spec, leads, params, with_reset=_any_reset())} OFFSET 0) l0
+          FROM ({_level0(spec, leads, params)} OFFSET 0) l0
         OFFSET 0) l1
       OFFSET 0) l2
     OFFSET 0) l3"""
@@ -331,18 +347,19 @@ def behavior_per_lead_sql(spec: ModelSpec, leads: LeadSet, params: Params) -> st
             "NULL::timestamptz AS last_at, NULL::jsonb AS rules WHERE false"
         )
     hl = f"{int(spec.half_life_us)}::float8"
-    weight = f"power(0.5::float8, r::float8 / {hl})"
     per_rule = ", ".join(
-        f"count(*) FILTER (WHERE a_{k}) AS n_{k}, sum({weight}) FILTER (WHERE a_{k}) AS w_{k}"
+        f"count(*) FILTER (WHERE a_{k}) AS n_{k}, sum(weight) FILTER (WHERE a_{k}) AS w_{k}"
         for k in range(len(rules))
     )
+    any_awarded = " OR ".join(f"a_{k}" for k in range(len(rules)))
     # p × Σ weights per rule (summed newest first, the input order), then the rules in
     # order: the same float operations as reference.py, so the same result bit for bit.
     b_last = " + ".join(
         ["0::float8", *(f"coalesce({int(r.points)} * w_{k}, 0)" for k, r in enumerate(rules))]
     )
     items = ", ".join(
-        f"CASE WHEN n_{k} > 0 THEN jsonb_build_array({int(r.id)}, n_{k}, n_{k} * {int(r.points)}) END"
+        f"CASE WHEN n_{k} > 0 "
+        f"THEN jsonb_build_array({int(r.id)}, n_{k}, n_{k} * {int(r.points)}) END"
         for k, r in enumerate(rules)
     )
     any_rule = " OR ".join(f"n_{k} > 0" for k in range(len(rules)))
@@ -350,8 +367,13 @@ def behavior_per_lead_sql(spec: ModelSpec, leads: LeadSet, params: Params) -> st
     SELECT lead_id, {b_last} AS b_last, last_us, last_at,
            to_jsonb(array_remove(ARRAY[{items}]::jsonb[], NULL)) AS rules
     FROM (
-        SELECT lead_id, max(t_us) AS last_us, max(occurred_at) AS last_at, {per_rule}
-        FROM ({behavior_rows_sql(spec, leads, params)}) r GROUP BY lead_id
+        SELECT lead_id, max(last_us) AS last_us, max(last_at) AS last_at, {per_rule}
+        FROM (
+            SELECT rows.*, power(0.5::float8, r::float8 / {hl}) AS weight
+            FROM ({behavior_rows_sql(spec, leads, params)}) rows
+            WHERE {any_awarded}
+        ) awarded
+        GROUP BY lead_id
     ) per_lead
     WHERE {any_rule}"""
 
@@ -372,12 +394,6 @@ def awarded_rows_sql(spec: ModelSpec, leads: LeadSet, params: Params) -> str:
     FROM ({behavior_rows_sql(spec, leads, params)}) r
     CROSS JOIN LATERAL (VALUES {values}) AS v(rule_id, hit, points)
     WHERE v.hit"""
-
-
-def _any_reset() -> bool:
-    from scoring.models import LeadScoreState
-
-    return LeadScoreState.objects.filter(behavior_reset_at__isnull=False).exists()
 
 
 # --- per lead -------------------------------------------------------------------------------
@@ -459,12 +475,16 @@ def score_into_temp_table(
     params = Params()
     select = scored_select(spec, old_spec or spec, leads, now, params)
     execute(f"INSERT INTO scoring_scored ({SCORED_COLUMNS}) {select}", params)
+    # Temp tables have no statistics until analysed; the planner needs them to look rows
+    # up by index in the ledger instead of scanning it.
+    execute("ANALYZE scoring_scored")
     if keep_awarded:
         execute(AWARDED_DDL)
         params = Params()
         columns = "lead_id, activity_id, rule_id, points"
         rows = awarded_rows_sql(spec, leads, params)
         execute(f"INSERT INTO scoring_awarded ({columns}) {rows}", params)
+        execute("ANALYZE scoring_awarded")
 
 
 # --- triggers -----------------------------------------------------------------------------

@@ -17,3 +17,11 @@ class ActivationRefused(ScoringError):
 
 class ModelReadOnly(ScoringError):
     """Only drafts are edited: clone an active or archived model (API: 409)."""
+
+
+class InvalidModelData(ScoringError):
+    """A model sent as data has errors: `errors` maps fields (and rule lists) to messages."""
+
+    def __init__(self, errors: dict) -> None:
+        super().__init__("Invalid scoring model.")
+        self.errors = errors

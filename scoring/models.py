@@ -272,13 +272,29 @@ class ScoreChange(models.Model):
     The points of a lead's rows add up to its score (trigger rows carry 0 points).
     """
 
-    lead = models.ForeignKey("leadops.Lead", on_delete=models.CASCADE, related_name="score_changes")
+    # Written set-based by the thousand: only the indexes reads need, and no database
+    # constraint on the rule and event (the ORM still nulls them when one is deleted).
+    lead = models.ForeignKey(
+        "leadops.Lead", on_delete=models.CASCADE, related_name="score_changes", db_index=False
+    )
     rule = models.ForeignKey(
-        BehaviorRule, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        BehaviorRule,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
     )
     rule_label = models.CharField(_("rule"), max_length=100, blank=True)
     activity = models.ForeignKey(
-        "leadops.Activity", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        "leadops.Activity",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
     )
     points = models.IntegerField(_("points"))
     model_version = models.PositiveIntegerField(_("model version"))
@@ -290,7 +306,14 @@ class ScoreChange(models.Model):
     class Meta:
         verbose_name = _("score change")
         verbose_name_plural = _("score changes")
-        indexes = [models.Index(fields=["lead", "-created_at"], name="scorechange_lead_time")]
+        indexes = [
+            models.Index(fields=["lead", "-created_at"], name="scorechange_lead_time"),
+            models.Index(
+                fields=["activity"],
+                name="scorechange_activity",
+                condition=models.Q(activity__isnull=False),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.points:+d} {self.describe()}"

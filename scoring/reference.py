@@ -25,7 +25,6 @@ from django.conf import settings
 from scoring.spec import AttributeSpec, BehaviorSpec, ModelSpec, spec_for, to_us
 from scoring.validators import ascii_lower
 
-
 # Per-window caps use fixed windows of N local calendar days, counted from 1970-01-01.
 EPOCH_DAY = date(1970, 1, 1)
 

@@ -15,7 +15,7 @@ from django.utils import timezone
 from scoring import engine
 from scoring.engine import LeadSet, Params
 from scoring.services.rescoring import LEDGER_COLUMNS, lead_sets
-from scoring.spec import ModelSpec, active_spec
+from scoring.spec import ModelSpec, active_spec, epoch_us_sql
 
 DECAY_RANGE_WIDTH = 200_000
 
@@ -39,7 +39,7 @@ def _decay(spec: ModelSpec, leads: LeadSet, now: datetime) -> int:
         now=now,
         cutoff=now - timedelta(microseconds=spec.grace_us),
     )
-    last_us = "(extract(epoch FROM st.last_activity_at) * 1000000)::bigint"
+    last_us = epoch_us_sql("st.last_activity_at")
     behavior = engine.decay_sql("st.behavior_at_last_activity", last_us, spec, now, params)
     new_score = "(l.attribute_score + c.behavior)"
     rows = engine.fetch(

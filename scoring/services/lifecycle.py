@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Max
 from django.db.models.functions import Coalesce
@@ -20,7 +22,12 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from leadops.models import Lead
-from scoring.exceptions import ActivationInProgress, ActivationRefused, ModelReadOnly
+from scoring.exceptions import (
+    ActivationInProgress,
+    ActivationRefused,
+    InvalidModelData,
+    ModelReadOnly,
+)
 from scoring.models import (
     ActivationJob,
     AttributeRule,
@@ -251,3 +258,49 @@ def retry_activation_job(job: ActivationJob) -> ActivationJob:
         raise ActivationInProgress(_running_message()) from None
     transaction.on_commit(lambda: _enqueue_activation(job.pk))
     return job
+
+
+RULE_KINDS = {
+    "attribute_rules": AttributeRule,
+    "behavior_rules": BehaviorRule,
+    "trigger_rules": TriggerRule,
+}
+MAX_RULES_PER_KIND = 100
+
+
+@transaction.atomic
+def create_draft_model(
+    *, fields: dict[str, Any], rules: dict[str, list[dict[str, Any]]], actor=None
+) -> ScoringModel:
+    """A new draft from plain data (the API's JSON), validated like the admin.
+
+    `rules` maps "attribute_rules" / "behavior_rules" / "trigger_rules" to lists of rule
+    fields. Raises InvalidModelData with messages per field and per rule (by index).
+    """
+    model = ScoringModel(**fields, created_by=actor, version=0)
+    errors = _errors_of(model, exclude=["version"])
+    candidates = {kind: [RULE_KINDS[kind](**row) for row in rows] for kind, rows in rules.items()}
+    for kind, objects in candidates.items():
+        rule_errors = [_errors_of(rule, exclude=["model"]) for rule in objects]
+        if len(objects) > MAX_RULES_PER_KIND:
+            errors[kind] = [_("At most %s rules of a kind.") % MAX_RULES_PER_KIND]
+        elif any(rule_errors):
+            errors[kind] = rule_errors
+    if errors:
+        raise InvalidModelData(errors)
+    model.version = next_version()
+    model.save()
+    for objects in candidates.values():
+        for rule in objects:
+            rule.model = model
+        if objects:
+            type(objects[0]).objects.bulk_create(objects)
+    return model
+
+
+def _errors_of(instance, *, exclude: list[str]) -> dict[str, list[str]]:
+    try:
+        instance.full_clean(exclude=exclude)
+    except ValidationError as exc:
+        return exc.message_dict
+    return {}

@@ -34,7 +34,8 @@ from scoring.spec import ModelSpec, spec_for
 
 logger = logging.getLogger(__name__)
 
-RANGE_WIDTH = 50_000  # lead ids per rescore-all chunk (one transaction each)
+ACTIVITIES_PER_CHUNK = 2_000_000  # a chunk's sort fits in SCORING_WORK_MEM
+MIN_RANGE_WIDTH = 20_000  # lead ids per rescore-all chunk (one transaction each), at least
 ID_BATCH = 2_000  # explicit lead ids per transaction
 
 
@@ -61,7 +62,7 @@ class RescoreResult:
 
 
 def lead_sets(
-    lead_ids: Iterable[int] | None, *, after: int = 0, width: int = RANGE_WIDTH
+    lead_ids: Iterable[int] | None, *, after: int = 0, width: int | None = None
 ) -> Iterator[LeadSet]:
     """Chunks: id ranges over all leads (after `after`), or batches of the ids given."""
     if lead_ids is not None:
@@ -72,8 +73,21 @@ def lead_sets(
     bounds = Lead.objects.filter(id__gt=after).aggregate(low=Min("id"), high=Max("id"))
     if bounds["low"] is None:
         return
+    width = width or _range_width(bounds["high"] - bounds["low"] + 1)
     for low in range(bounds["low"], bounds["high"] + 1, width):
         yield LeadSet(low=low, high=min(low + width - 1, bounds["high"]))
+
+
+def _range_width(span: int) -> int:
+    # Each chunk reads the activity table once: few large chunks beat many small ones,
+    # as long as a chunk's activities sort in memory (~2M rows).
+    activities = engine.fetch(
+        "SELECT greatest(reltuples, 0)::bigint FROM pg_class "
+        "WHERE oid = 'leadops_activity'::regclass"
+    )[0][0]
+    if activities <= 0:
+        return max(span, MIN_RANGE_WIDTH)
+    return max(MIN_RANGE_WIDTH, span * ACTIVITIES_PER_CHUNK // activities)
 
 
 def rescore_leads(
@@ -243,8 +257,8 @@ def _record_fired_triggers(spec: ModelSpec, leads: LeadSet, now: datetime) -> di
 
 
 def _hand_off(fired: dict[int, str]) -> list[int]:
-    """Call "lead became MQL" for each lead that crossed the MQL rule or fired a trigger."""
-    from handoff.services import MQL_ENTRY_STAGES
+    """ "Leads became MQL" for those that crossed the MQL rule or fired a trigger."""
+    from handoff.services import MQL_ENTRY_STAGES, mark_leads_mql
 
     candidates = engine.fetch(
         """SELECT lead_id, score FROM scoring_scored
@@ -252,23 +266,10 @@ def _hand_off(fired: dict[int, str]) -> list[int]:
         ORDER BY lead_id""",
         {"stages": sorted(MQL_ENTRY_STAGES), "fired": list(fired)},
     )
-    marked = []
-    for lead_id, score in candidates:
-        if lead_id in fired:
-            reason = _("Hand-off trigger: %s") % fired[lead_id]
-        else:
-            reason = _("MQL rule met with a score of %s") % score
-        if _mark_mql(lead_id, reason=reason):
-            marked.append(lead_id)
-    return marked
-
-
-def _mark_mql(lead_id: int, *, reason: str) -> bool:
-    from handoff.services import IllegalTransition, mark_lead_mql
-
-    try:
-        mark_lead_mql(lead_id, reason=reason)
-    except IllegalTransition:
-        # Someone moved the lead in between: their action stands.
-        return False
-    return True
+    reasons = {
+        lead_id: _("Hand-off trigger: %s") % fired[lead_id]
+        if lead_id in fired
+        else _("MQL rule met with a score of %s") % score
+        for lead_id, score in candidates
+    }
+    return [t.lead_id for t in mark_leads_mql(reasons)]

@@ -13,7 +13,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 from django.core.paginator import Paginator
-from django.db import connections
+from django.db import connections, transaction
 from django.db.models import QuerySet
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
@@ -23,7 +23,7 @@ from django.utils.translation import gettext_lazy as _
 from leadops.admin_csv import LeadCsvAdminMixin
 from leadops.models import Account, Activity, Lead
 from leadops.roles import ROLE_LABELS, Role, assign_role, roles_of, sees_only_own_leads
-from leadops.services import normalize_email
+from leadops.services import normalize_email, notify_leads_changed
 
 User = get_user_model()
 
@@ -169,6 +169,11 @@ class LeadAdmin(LeadCsvAdminMixin, BigTableAdmin):
     )
     inlines = (RecentActivityInline,)
     actions = ["export_csv"]
+
+    def save_model(self, request: HttpRequest, obj: Lead, form, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        # Field edits move the attribute score: rescore once the save is committed.
+        transaction.on_commit(lambda: notify_leads_changed([obj.pk]))
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         # A sales rep's admin holds only their own leads: others' are "not found".

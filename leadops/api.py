@@ -134,7 +134,9 @@ class LeadViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
     def get_queryset(self) -> QuerySet[Lead]:
         if getattr(self, "swagger_fake_view", False):  # schema generation: no user
             return Lead.objects.none()
-        return Lead.objects.visible_to(self.request.user).select_related("account", "owner")
+        return Lead.objects.visible_to(self.request.user).select_related(
+            "account", "owner", "score_state"
+        )
 
     @extend_schema(
         summary="Create a lead, or update the lead with this email",

@@ -190,11 +190,10 @@ def ensure_demo_users(*, password: str = DEMO_PASSWORD) -> int:
 
 
 def rescore_all_leads() -> None:
-    """Rescore every lead after a demo load.
+    """Rescore every lead after a demo load (`load_demo` calls this and nothing else does)."""
+    from scoring.services import rescore_leads
 
-    The scoring engine (scoring app) is not here yet: when it lands, this body becomes
-    its rescore-everything service call. `load_demo` calls this and nothing else does.
-    """
+    rescore_leads(None)
 
 
 def _ensure_role_user(

@@ -116,9 +116,12 @@ def ingest_events(items: Sequence[object], *, actor: Any = None) -> IngestResult
 def _after_events_committed(lead_ids: frozenset[int]) -> None:
     """Runs once per ingest call after its events are committed, with the leads touched.
 
-    Scoring enqueues the rescoring of these leads here (behaviour score, MQL rule and the
-    hand-off triggers); until that work lands there is nothing to do.
+    Scoring rescores these leads (behaviour score, MQL rule and the hand-off triggers),
+    coalesced per lead and batched across leads by the rescore queue.
     """
+    from scoring.services import schedule_rescore
+
+    schedule_rescore(lead_ids)
 
 
 # --- validation: plain Python, no queries ----------------------------------------------

@@ -139,7 +139,8 @@ def _after_lead_committed(lead_id: int) -> None:
 def notify_leads_changed(lead_ids: Iterable[int]) -> None:
     """Runs after leads' fields were created or changed and committed (one or many leads).
 
-    Scoring enqueues the rescoring of the changed leads here (the attribute score depends
-    only on lead fields); until that work lands there is nothing to do.
+    Scoring rescores the changed leads (the attribute score depends on lead fields).
     """
-    return None
+    from scoring.services import schedule_rescore
+
+    schedule_rescore(lead_ids)

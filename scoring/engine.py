@@ -3,13 +3,16 @@
 `score_into_temp_table` fills the temp table `scoring_scored` with one row per lead of the
 set: old values (the lead's columns), new attribute/behaviour/total score, temperature,
 MQL flags and the breakdown. The services then write leads, states and the ledger from
-it. The semantics are those of reference.py (tested equal on random data):
+it. The semantics are those of reference.py, and the numbers are equal to it bit for bit
+(tested on random data):
 
-  acts → gaps (lag) → timed (running decay position D, per lead) → matched (event × rule)
-  → [daily Nth] → [per-window cap] → [per-lead cap] → awarded → per rule → per lead.
+  activities of the leads (+ time in µs, local day, each rule's match)
+  → one sort, newest first → window passes: quiet time after each event (R), daily
+  Nth, per-window and per-lead caps → per lead: Σ points × 0.5^(R / half-life) per rule
+  → with the attribute rules (CASE per rule over the lead's fields) → per lead row.
 
 Every value a marketer wrote reaches PostgreSQL as a bound parameter; only names from
-code (columns from the allowlist, CTE names) are put into the SQL text.
+code (columns from the allowlist, generated column names) are put into the SQL text.
 """
 
 from __future__ import annotations

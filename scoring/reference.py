@@ -22,7 +22,8 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 
-from scoring.spec import AttributeSpec, BehaviorSpec, ModelSpec, spec_for, to_us
+from scoring.engine import fixed_utc_offset_us
+from scoring.spec import US_PER_DAY, AttributeSpec, BehaviorSpec, ModelSpec, spec_for, to_us
 from scoring.validators import ascii_lower
 
 # Per-window caps use fixed windows of N local calendar days, counted from 1970-01-01.
@@ -136,7 +137,7 @@ def awarded_indexes(rule: BehaviorSpec, ordered: Sequence[EventLike]) -> list[in
         chosen = _keep_ranked(
             chosen,
             ordered,
-            lambda e: (_local_day(e) - EPOCH_DAY).days // rule.window_days,
+            lambda e: _local_day(e) // rule.window_days,
             lambda rank: rank <= rule.cap_per_window,
         )
     if rule.cap_per_lead:
@@ -156,8 +157,12 @@ def _keep_ranked(chosen: list[int], ordered: Sequence[EventLike], key, keep) -> 
     return kept
 
 
-def _local_day(event: EventLike):
-    return event.occurred_at.astimezone(ZoneInfo(settings.TIME_ZONE)).date()
+def _local_day(event: EventLike) -> int:
+    """Days since 1970-01-01 in the local calendar, computed as the SQL does."""
+    offset = fixed_utc_offset_us(settings.TIME_ZONE)
+    if offset is not None:
+        return (to_us(event.occurred_at) + offset) // US_PER_DAY
+    return (event.occurred_at.astimezone(ZoneInfo(settings.TIME_ZONE)).date() - EPOCH_DAY).days
 
 
 def event_matches(rule: Any, event: EventLike) -> bool:

@@ -9,7 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from leadops.models import Lead
-from scoring.models import AttributeRule, BehaviorRule, ChangeReason, LeadScoreState
+from scoring.models import AttributeRule, BehaviorRule, ChangeReason, LeadScoreState, ModelStatus
 from scoring.services.rescoring import rescore_leads
 
 DECAY_LABEL = "decay"
@@ -18,15 +18,40 @@ DECAY_LABEL = "decay"
 def rule_catalog(
     attribute_ids: set[int], behavior_ids: set[int]
 ) -> tuple[dict[int, tuple[str, int]], dict[int, str]]:
-    """({attribute rule id: (label, points)}, {behaviour rule id: label})."""
-    attributes = {
-        pk: (label, points)
-        for pk, label, points in AttributeRule.objects.filter(pk__in=attribute_ids).values_list(
-            "pk", "label", "points"
-        )
-    }
-    behaviors = dict(BehaviorRule.objects.filter(pk__in=behavior_ids).values_list("pk", "label"))
+    """({attribute rule id: (label, points)}, {behaviour rule id: label}).
+
+    Rules of active and archived models never change, so they are cached per process:
+    a page of leads costs no query for labels once they are known.
+    """
+    missing_a = attribute_ids - _ATTRIBUTES.keys()
+    missing_b = behavior_ids - _BEHAVIORS.keys()
+    if missing_a:
+        rows = AttributeRule.objects.filter(pk__in=missing_a)
+        _remember(_ATTRIBUTES, rows.values_list("pk", "label", "points", "model__status"))
+    if missing_b:
+        rows = BehaviorRule.objects.filter(pk__in=missing_b)
+        _remember(_BEHAVIORS, rows.values_list("pk", "label", "model__status"))
+    attributes = {pk: _ATTRIBUTES[pk][:2] for pk in attribute_ids if pk in _ATTRIBUTES}
+    behaviors = {pk: _BEHAVIORS[pk][0] for pk in behavior_ids if pk in _BEHAVIORS}
+    _forget_drafts(attribute_ids, behavior_ids)
     return attributes, behaviors
+
+
+_ATTRIBUTES: dict[int, tuple] = {}
+_BEHAVIORS: dict[int, tuple] = {}
+
+
+def _remember(cache: dict[int, tuple], rows) -> None:
+    for pk, *values in rows:
+        cache[pk] = tuple(values)  # (…, model status)
+
+
+def _forget_drafts(attribute_ids: set[int], behavior_ids: set[int]) -> None:
+    # A draft's rules may still change: used once, not kept.
+    for cache, ids in ((_ATTRIBUTES, attribute_ids), (_BEHAVIORS, behavior_ids)):
+        for pk in ids:
+            if pk in cache and cache[pk][-1] == ModelStatus.DRAFT:
+                del cache[pk]
 
 
 def breakdown_items(

@@ -10,8 +10,8 @@ in one transaction:
 2. score them set-based into a temp table (engine.py), reading the active model after
    the lock (an activation committed meanwhile is seen);
 3. write the leads' columns and the score state where they changed, and the ledger;
-4. hand to `handoff.services.mark_lead_mql` each lead that crossed into MQL or whose
-   new events fired a trigger.
+4. hand the leads that crossed into the MQL rule, or whose new events fired a trigger,
+   to `handoff.services.mark_leads_mql` ("leads became MQL").
 """
 
 from __future__ import annotations
@@ -257,7 +257,7 @@ def _record_fired_triggers(spec: ModelSpec, leads: LeadSet, now: datetime) -> di
 
 
 def _hand_off(fired: dict[int, str]) -> list[int]:
-    """ "Leads became MQL" for those that crossed the MQL rule or fired a trigger."""
+    """Leads that crossed into the MQL rule or fired a trigger become MQLs (one call)."""
     from handoff.services import MQL_ENTRY_STAGES, mark_leads_mql
 
     candidates = engine.fetch(

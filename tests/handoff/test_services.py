@@ -107,3 +107,16 @@ def test_mark_lead_mql_is_the_one_way_to_become_an_mql():
     assert (transition.from_stage, transition.score_snapshot) == ("nurturing", 90)
     with pytest.raises(IllegalTransition):
         mark_lead_mql(lead.pk, reason="again")
+
+
+def test_mark_leads_mql_moves_only_leads_that_may_become_mql():
+    new, nurturing, sql = (LeadFactory(stage=s, score=90) for s in ("new", "nurturing", "sql"))
+    transitions = services.mark_leads_mql(
+        {new.pk: "MQL rule", nurturing.pk: "Hand-off trigger: Form submit", sql.pk: "x"}
+    )
+    assert sorted((t.lead_id, t.from_stage, t.reason) for t in transitions) == [
+        (new.pk, "new", "MQL rule"),
+        (nurturing.pk, "nurturing", "Hand-off trigger: Form submit"),
+    ]
+    assert set(Lead.objects.values_list("stage", flat=True)) == {"mql", "sql"}
+    assert services.mark_leads_mql({}) == []

@@ -140,3 +140,14 @@ def test_calendar_day_is_the_tokyo_day_not_the_utc_day(t0):
         event(lead, "page_view", evening + timedelta(minutes=minutes), url="/blog")
     rescore_leads([lead.pk], now=evening + timedelta(hours=2))
     assert stored(lead)[1] == 0
+
+
+def test_the_default_model_comes_back_after_a_flush():
+    from scoring.apps import _ensure_default_model
+
+    ScoringModel.objects.all().delete()
+    _ensure_default_model()
+    model = ScoringModel.objects.get()
+    assert (model.version, model.status, model.behavior_rules.count()) == (1, "active", 9)
+    _ensure_default_model()  # idempotent: a database with models is left alone
+    assert ScoringModel.objects.count() == 1

@@ -98,3 +98,16 @@ def test_behavior_reset_ignores_earlier_events(t0):
     assert stored(lead) == (20, 5, 25, "cold")
     assert ("reset", "", -50) in ledger(lead)
     assert sum(points for _r, _l, points in ledger(lead)) == 25
+
+
+def test_rescore_command_recomputes_every_lead(t0):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    lead = blank_lead(industry="finance")
+    out = StringIO()
+    call_command("rescore_leads", stdout=out)
+    assert "Rescored 1 leads" in out.getvalue()
+    assert stored(lead)[0] == 10
+    assert ledger(lead) == [("recalculation", "", 10)]

@@ -54,6 +54,7 @@ def _point_django_at_bench_database() -> None:
     bench_url = urlunsplit(parts._replace(path=f"/{BENCH_DB}"))
     _recreate_database(parts, BENCH_DB)
     os.environ["DATABASE_URL"] = bench_url
+    os.environ["REDIS_URL"] = _bench_redis_url()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "leadops.settings")
     os.environ["DEBUG"] = "true"
     import django
@@ -62,6 +63,17 @@ def _point_django_at_bench_database() -> None:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
+
+
+def _bench_redis_url() -> str:
+    """Database 15 of the configured Redis, emptied: bench queues never meet real ones."""
+    import redis
+
+    from leadops.engines import redis_url
+
+    url = urlunsplit(urlsplit(redis_url())._replace(path="/15"))
+    redis.Redis.from_url(url).flushdb()
+    return url
 
 
 def _recreate_database(parts, name: str) -> None:

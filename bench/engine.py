@@ -10,7 +10,7 @@ import json
 import time
 from datetime import UTC, datetime
 
-from django.db import connection
+from django.db import connection, transaction
 
 SCRATCH_DDL = """
 DROP TABLE IF EXISTS bench_events_limit;
@@ -68,7 +68,8 @@ def upsert_rate(rows: list[tuple], batch: int = 1000) -> float:
     )
     started = time.perf_counter()
     for offset in range(0, len(rows), batch):
-        with connection.cursor() as cursor:
+        # One transaction a batch, as the API's batch ingest commits once per request.
+        with transaction.atomic(), connection.cursor() as cursor:
             cursor.cursor.executemany(sql, rows[offset : offset + batch])
     return len(rows) / (time.perf_counter() - started)
 

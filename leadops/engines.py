@@ -109,7 +109,7 @@ def _start_postgres() -> bool:
     _init_pg_dir()
     server_options = (
         f"-h 127.0.0.1 -p {PG_PORT} -c unix_socket_directories='' "
-        "-c max_connections=200 -c shared_buffers=256MB -c synchronous_commit=off"
+        "-c max_connections=200 -c shared_buffers=256MB"
     )
     result = _pg_ctl(
         "-w",

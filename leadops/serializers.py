@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from functools import cache
 from typing import Any
 
+from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from drf_spectacular.utils import extend_schema_field
@@ -107,12 +109,39 @@ class LeadSerializer(serializers.ModelSerializer):
         read_only_fields = fields
         list_serializer_class = LeadListSerializer
 
+    def to_representation(self, lead: Lead) -> dict[str, Any]:
+        """The declared fields' output, built directly: DRF's per-field machinery costs
+        ~0.3 ms a lead, most of a 50-lead page (a test holds the two outputs equal)."""
+        data = {name: getattr(lead, name) for name in _PLAIN_LEAD_FIELDS}
+        zone = timezone.get_current_timezone()
+        for name in _DATETIME_LEAD_FIELDS:
+            value = getattr(lead, name)
+            data[name] = None if value is None else _iso(value.astimezone(zone))
+        data["company"] = lead.account.name if lead.account_id else ""
+        data["owner"] = lead.owner.username if lead.owner_id else None
+        data["score_breakdown"] = self.get_score_breakdown(lead)
+        return {name: data[name] for name in self.Meta.fields}
+
     @extend_schema_field(ScoreBreakdownItemSerializer(many=True))
     def get_score_breakdown(self, lead: Lead) -> list[BreakdownItem]:
         page = self.context.get("score_breakdowns") or {}
         if lead.pk in page:
             return page[lead.pk]
         return score_breakdowns([lead]).get(lead.pk, [])
+
+
+_DATETIME_LEAD_FIELDS = ("last_activity_at", "created_at", "updated_at")
+_PLAIN_LEAD_FIELDS = tuple(
+    f
+    for f in LeadSerializer.Meta.fields
+    if f not in {*_DATETIME_LEAD_FIELDS, "company", "owner", "score_breakdown"}
+)
+
+
+def _iso(value: datetime) -> str:
+    # As DRF's DateTimeField renders it (ISO 8601, "Z" for UTC).
+    text = value.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 LEAD_INPUT_FIELDS = ("email", "company", *WRITABLE_LEAD_FIELDS)

@@ -482,3 +482,18 @@ def test_docs_page_is_served_without_cdn(api_client):
     response = api_client.get("/api/docs/")
     assert response.status_code == 200
     assert b"cdn" not in response.content.lower()
+
+
+@pytest.mark.django_db
+def test_fast_lead_representation_equals_drfs_field_by_field_output(sales_rep):
+    from rest_framework import serializers as drf_serializers
+
+    from leadops.serializers import LeadSerializer
+
+    with_everything = LeadFactory(owner=sales_rep, last_activity_at=timezone.now(), phone="03")
+    bare = LeadFactory(account=None, owner=None, last_activity_at=None)
+    for lead in (with_everything, bare):
+        fast = LeadSerializer(lead).data
+        slow = drf_serializers.ModelSerializer.to_representation(LeadSerializer(lead), lead)
+        assert dict(fast) == dict(slow)
+        assert list(fast) == list(slow)

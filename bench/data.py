@@ -104,9 +104,9 @@ def _insert_events(first_lead: int, leads: int, offset: int, count: int) -> None
                jsonb_build_object('url', 'https://example.jp' || ({URLS})[1 + (hashint >> 4) %% 7]),
                'bench-' || g, md5(g::text) || md5(g::text), 'bench', now()
         FROM (
-            SELECT g, abs(hashint8(g)) AS hashint,
-                   (abs(hashint8(g * 7919 + 13)) %% 1000) / 1000.0 AS r
-            FROM generate_series(%s, %s) g
+            SELECT g, hashint8(g)::bigint & 2147483647 AS hashint,
+                   ((hashint8(g * 7919 + 13)::bigint & 2147483647) %% 1000) / 1000.0 AS r
+            FROM generate_series(%s::bigint, %s::bigint) g
         ) s""",
         [first_lead, leads, offset + 1, offset + count],
     )

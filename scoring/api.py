@@ -31,19 +31,10 @@ from scoring.models import (
     ScoringModel,
     TriggerRule,
 )
-from scoring.services.lifecycle import RULE_KINDS
+from scoring.services.lifecycle import MODEL_COPY_FIELDS, RULE_KINDS
 
-MODEL_FIELDS = (
-    "name",
-    "description",
-    "warm_threshold",
-    "hot_threshold",
-    "mql_total",
-    "mql_behavior",
-    "mql_attribute",
-    "decay_grace_days",
-    "decay_half_life_days",
-)
+# The model's own settings: the same ones a clone copies.
+MODEL_FIELDS = MODEL_COPY_FIELDS
 
 
 class IsMarketerOrManager(BasePermission):

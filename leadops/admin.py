@@ -24,6 +24,7 @@ from leadops.admin_csv import LeadCsvAdminMixin
 from leadops.models import Account, Activity, Lead
 from leadops.roles import ROLE_LABELS, Role, assign_role, roles_of, sees_only_own_leads
 from leadops.services import normalize_email, notify_leads_changed
+from scoring.services.explain import lead_explanation
 
 User = get_user_model()
 
@@ -178,6 +179,14 @@ class LeadAdmin(LeadCsvAdminMixin, BigTableAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         # A sales rep's admin holds only their own leads: others' are "not found".
         return super().get_queryset(request).visible_to(request.user)
+
+    def render_change_form(
+        self, request: HttpRequest, context, add=False, change=False, form_url="", obj=None
+    ):
+        # The change page explains the score (templates/admin/leadops/lead/change_form.html).
+        if obj is not None:
+            context["score_explanation"] = lead_explanation(obj)
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
     @admin.display(description=_("name"), ordering="last_name")
     def full_name(self, lead: Lead) -> str:

@@ -198,5 +198,5 @@ def test_full_size_workspace_loads_in_well_under_a_minute():
     assert time.monotonic() - started < 45
     assert summary.accounts == demo.DEFAULT_ACCOUNTS >= 300
     assert summary.leads == demo.DEFAULT_LEADS >= 3000
-    assert summary.activities > 10 * demo.DEFAULT_LEADS / 2
+    assert summary.activities > 2 * demo.DEFAULT_LEADS  # ~2.5 a lead: most do little
     assert demo.DEFAULT_DAYS >= 30

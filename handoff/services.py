@@ -142,7 +142,7 @@ def mark_leads_mql(reasons: Mapping[int, str], *, actor: Any = None) -> list[Sta
             """UPDATE leadops_lead l SET stage = %(mql)s, updated_at = %(now)s
             FROM (SELECT id, stage FROM leadops_lead
                   WHERE id = ANY(%(ids)s::bigint[]) AND stage = ANY(%(from)s)
-                  ORDER BY id FOR UPDATE) before
+                  ORDER BY id FOR NO KEY UPDATE) before
             WHERE l.id = before.id
             RETURNING l.id, before.stage, l.score""",
             {

@@ -97,7 +97,9 @@ def _check_writable(fields: Mapping[str, Any]) -> None:
 
 
 def _locked_lead(email: str) -> Lead | None:
-    return Lead.objects.select_for_update().filter(email=email).first()
+    # no_key: like every writer of a lead row, so activity inserts (FOR KEY SHARE on
+    # their lead) never queue between two of them (see scoring's _lock_leads).
+    return Lead.objects.select_for_update(no_key=True).filter(email=email).first()
 
 
 def _try_create_lead(email: str, *, fields: dict[str, Any], company: str | None) -> Lead | None:

@@ -147,10 +147,14 @@ def rescore_lead_set(
 
 
 def _lock_leads(leads: LeadSet) -> int:
+    # FOR NO KEY UPDATE, not FOR UPDATE: an ingest inserting an activity holds FOR KEY
+    # SHARE on its lead (the foreign key) and then updates it; FOR UPDATE would queue
+    # behind that share lock and ahead of the update, a deadlock (found by the
+    # real-worker test). NO KEY UPDATE still serialises every writer of the lead row.
     params = Params()
     rows = engine.fetch(
         "SELECT count(*) FROM (SELECT 1 FROM leadops_lead l "
-        f"WHERE {leads.where('l.id', params)} ORDER BY l.id FOR UPDATE OF l) locked",
+        f"WHERE {leads.where('l.id', params)} ORDER BY l.id FOR NO KEY UPDATE OF l) locked",
         params,
     )
     return rows[0][0]

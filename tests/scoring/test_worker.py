@@ -41,7 +41,11 @@ def _events(lead: Lead) -> list[dict]:
 
 
 def _ingest_concurrently(events: list[dict]) -> int:
-    """Each event in its own thread and connection, all released at once; total accepted."""
+    """Each event in its own thread and connection, all released at once; total accepted.
+
+    No retries: a deadlock between ingest and rescoring (there was one, fixed by locking
+    leads FOR NO KEY UPDATE everywhere) must fail this test.
+    """
     start = threading.Barrier(len(events))
 
     def send(event: dict) -> int:

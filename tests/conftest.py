@@ -3,6 +3,8 @@ DATABASE_URL / REDIS_URL, or the embedded ones under ./var/ when those are unset
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from rest_framework.test import APIClient
 
@@ -11,6 +13,10 @@ from leadops.engines import ensure_embedded_engines
 
 def pytest_configure(config: pytest.Config) -> None:
     ensure_embedded_engines()
+    # WhiteNoise warns on every request when STATIC_ROOT is missing (no collectstatic).
+    from django.conf import settings
+
+    Path(settings.STATIC_ROOT).mkdir(parents=True, exist_ok=True)
 
 
 @pytest.fixture(autouse=True)

@@ -13,9 +13,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
+
+SETTINGS_FILE = Path(__file__).with_name("gunicorn_settings.py")
 
 
 @dataclass
@@ -56,10 +60,22 @@ def start_gunicorn(env: dict, port: int, workers: int = 3, threads: int = 4) -> 
         "30",
         "--log-level",
         "warning",
+        # Without -c gunicorn reads ./gunicorn.conf.py, whose accesslog "-" prints a line
+        # per request into the bench output.
+        "--config",
+        str(SETTINGS_FILE),
     ]
     process = subprocess.Popen(command, env=env, start_new_session=True)
     _wait_until_up(port, process)
     return process
+
+
+def start_celery(env: dict, concurrency: int = 2) -> subprocess.Popen:
+    """A real Celery worker in its own process group, stopped with `stop_process`."""
+    command = [sys.executable, "-m", "celery", "-A", "leadops", "worker"]
+    command += ["--concurrency", str(concurrency), "-l", "warning", "--without-heartbeat"]
+    command += ["--without-gossip", "--without-mingle"]
+    return subprocess.Popen(command, env=env, start_new_session=True)
 
 
 def stop_process(process: subprocess.Popen) -> None:
@@ -90,7 +106,7 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-async def _open_loop(url, token, bodies, rate, method, concurrency) -> LoadResult:
+async def _open_loop(url, token, bodies, rate, method, concurrency, on_sent=None) -> LoadResult:
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     limit = asyncio.Semaphore(concurrency)
@@ -102,11 +118,14 @@ async def _open_loop(url, token, bodies, rate, method, concurrency) -> LoadResul
         async def one(index: int, body: bytes | None) -> None:
             due = start + index / rate
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            async with limit, session.request(method, url, data=body) as response:
-                await response.read()
-                statuses[response.status] = statuses.get(response.status, 0) + 1
-                if response.status < 300:
-                    latencies.append((time.perf_counter() - due) * 1000)
+            async with limit:
+                if on_sent:
+                    on_sent(index, time.perf_counter())
+                async with session.request(method, url, data=body) as response:
+                    await response.read()
+                    statuses[response.status] = statuses.get(response.status, 0) + 1
+                    if response.status < 300:
+                        latencies.append((time.perf_counter() - due) * 1000)
 
         await asyncio.gather(*(one(i, b) for i, b in enumerate(bodies)))
         seconds = time.perf_counter() - start
@@ -121,10 +140,20 @@ async def _open_loop(url, token, bodies, rate, method, concurrency) -> LoadResul
 
 
 def open_loop(
-    url: str, token: str, bodies: list, *, rate: float, method: str = "POST", concurrency: int = 64
+    url: str,
+    token: str,
+    bodies: list,
+    *,
+    rate: float,
+    method: str = "POST",
+    concurrency: int = 64,
+    on_sent: Callable[[int, float], None] | None = None,
 ) -> LoadResult:
-    """Send `bodies` at `rate` per second (open loop); None bodies for GETs."""
-    return asyncio.run(_open_loop(url, token, bodies, rate, method, concurrency))
+    """Send `bodies` at `rate` per second (open loop); None bodies for GETs.
+
+    `on_sent(index, perf_counter)` is called as each request goes out.
+    """
+    return asyncio.run(_open_loop(url, token, bodies, rate, method, concurrency, on_sent))
 
 
 def closed_loop(

@@ -35,6 +35,7 @@ from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext as _
 
 from leadops.models import EventType, Lead
+from leadops.sql import model_default_columns
 
 logger = logging.getLogger(__name__)
 
@@ -434,25 +435,11 @@ def _add_raced_emails(by_email: dict[str, int], missing: list[str]) -> None:
 
 @cache
 def _new_lead_columns() -> tuple[list[str], list[str], tuple[Any, ...]]:
-    """(columns, SQL expressions, their parameters) of a blank lead besides its email.
-
-    Taken from the model, so a field added to Lead later gets its default here too;
-    built once per process. Timestamps set on save are the transaction's now().
-    """
-    template = Lead(email="", source=NEW_LEAD_SOURCE)
-    columns, expressions, values = [], [], []
-    for model_field in Lead._meta.concrete_fields:
-        if model_field.primary_key or model_field.name == "email":
-            continue
-        columns.append(connection.ops.quote_name(model_field.column))
-        if getattr(model_field, "auto_now", False) or getattr(model_field, "auto_now_add", False):
-            expressions.append("now()")
-            continue
-        expressions.append(f"%s::{model_field.db_type(connection)}")
-        values.append(
-            model_field.get_db_prep_save(getattr(template, model_field.attname), connection)
-        )
-    return columns, expressions, tuple(values)
+    """(columns, SQL expressions, their parameters) of a new lead besides its email:
+    the model's defaults, and the source that says it came from an event."""
+    columns, expressions, values = model_default_columns(Lead, given=("email", "source"))
+    source = connection.ops.quote_name("source")
+    return [*columns, source], [*expressions, "%s::text"], (*values, NEW_LEAD_SOURCE)
 
 
 def _insert_activities(rows: list[tuple[ValidEvent, int]]) -> set[str]:

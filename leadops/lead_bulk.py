@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from django.db import DatabaseError, connection, models, transaction
+from django.db import DatabaseError, connection, transaction
 
 from leadops import services
 from leadops.models import Account, Lead
+from leadops.sql import column_type, model_default_columns
 
 # Lead columns written from the rows (the account's id is written besides them).
 _LEAD_FIELDS = services.WRITABLE_LEAD_FIELDS
@@ -142,7 +143,7 @@ def _upsert_accounts(values: dict[str, tuple[str, int | None]]) -> dict[str, int
 
 
 def _insert_accounts(names: list[str], values: dict[str, tuple[str, int | None]]) -> None:
-    columns, expressions, defaults = _default_columns(
+    columns, expressions, defaults = model_default_columns(
         Account, given=("name", "industry", "employee_count")
     )
     sql = f"""
@@ -226,7 +227,7 @@ def _insert_leads(changes: dict[str, _LeadChange], account_ids: dict[str, int]) 
     if not changes:
         return {}
     names = ("email", *_LEAD_FIELDS, "account_id")
-    columns, expressions, defaults = _default_columns(Lead, given=(*names[:-1], "account"))
+    columns, expressions, defaults = model_default_columns(Lead, given=(*names[:-1], "account"))
     sql = f"""
         INSERT INTO leadops_lead ({", ".join(names)}, {", ".join(columns)})
         SELECT {", ".join(f"t.{name}" for name in names)}, {", ".join(expressions)}
@@ -312,43 +313,11 @@ def _blank_lead_fields() -> dict[str, Any]:
     return {name: getattr(template, name) for name in _LEAD_FIELDS}
 
 
-@cache
-def _default_columns(
-    model: type[models.Model], *, given: tuple[str, ...]
-) -> tuple[list[str], list[str], tuple[Any, ...]]:
-    """(columns, SQL expressions, their parameters) of the model's columns not `given`.
-
-    Taken from the model, so a field added later gets its default here too. Timestamps
-    set on save are the transaction's now().
-    """
-    template = model()
-    columns, expressions, values = [], [], []
-    for model_field in model._meta.concrete_fields:
-        if model_field.primary_key or model_field.name in given:
-            continue
-        columns.append(connection.ops.quote_name(model_field.column))
-        if getattr(model_field, "auto_now", False) or getattr(model_field, "auto_now_add", False):
-            expressions.append("now()")
-            continue
-        expressions.append(f"%s::{_array_type(model_field)}")
-        values.append(
-            model_field.get_db_prep_save(getattr(template, model_field.attname), connection)
-        )
-    return columns, expressions, tuple(values)
-
-
-def _array_type(model_field: models.Field) -> str:
-    """The column's type without a length: a cast to varchar(n) would cut a long value
-    silently, while storing text into the column refuses it."""
-    db_type = model_field.db_type(connection)
-    return "text" if db_type.startswith("varchar") else db_type
-
-
 _EXTRA_TYPES = {"set_account": "boolean", "account_id": "bigint", "default_source": "text"}
 
 
 def _array_casts(names: Iterable[str]) -> str:
-    types = (_EXTRA_TYPES.get(name) or _array_type(Lead._meta.get_field(name)) for name in names)
+    types = (_EXTRA_TYPES.get(name) or column_type(Lead._meta.get_field(name)) for name in names)
     return ", ".join(f"%s::{db_type}[]" for db_type in types)
 
 

@@ -1,0 +1,127 @@
+"""Event → score visible: single-event POSTs, a real Celery worker, a poller on the leads.
+
+Each event goes to a distinct lead, so each one changes that lead's behaviour score. A
+thread polls `leadops_lead` every ~20 ms for the leads sent and not yet changed; latency
+is the poll that first saw the change minus the moment the request went out. Events
+whose change never shows within the timeout are counted as missing, not dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import psycopg
+
+from bench.http import open_loop, percentile
+
+POLL_SECONDS = 0.02
+STRIDE = 104_729  # a prime: index → lead number is one-to-one unless it divides the lead count
+
+
+@dataclass
+class LatencyResult:
+    sent: int
+    seen: int
+    p50_ms: float
+    p95_ms: float
+    statuses: dict
+
+    @property
+    def missing(self) -> int:
+        return self.sent - self.seen
+
+
+class ScorePoller(threading.Thread):
+    """Watches the leads sent so far; records when each one's behaviour score changed."""
+
+    def __init__(self, before: dict[int, int]) -> None:
+        super().__init__(daemon=True)
+        self.before = before
+        self.sent: dict[int, float] = {}
+        self.seen: dict[int, float] = {}
+        self.deadline: float | None = None
+
+    def run(self) -> None:
+        with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+            while not self._done():
+                self._poll(conn)
+                time.sleep(POLL_SECONDS)
+
+    def _done(self) -> bool:
+        if self.deadline is None:
+            return False
+        return time.perf_counter() > self.deadline or len(self.seen) == len(self.sent)
+
+    def _poll(self, conn: psycopg.Connection) -> None:
+        pending = [lead for lead in list(self.sent) if lead not in self.seen]
+        if not pending:
+            return
+        rows = conn.execute(
+            "SELECT id, behavior_score FROM leadops_lead WHERE id = ANY(%s)", [pending]
+        ).fetchall()
+        now = time.perf_counter()
+        for lead, behavior in rows:
+            if behavior != self.before[lead]:
+                self.seen[lead] = now
+
+
+def lead_numbers(start: int, count: int, leads: int) -> list[int]:
+    """Distinct lead numbers (as in bench.data's e-mails) for indexes start … start+count."""
+    return [1 + ((start + i) * STRIDE + 17) % leads for i in range(count)]
+
+
+def _email(number: int, leads: int) -> str:
+    return f"lead{number}@bench{number % max(1, leads // 20)}.example.jp"
+
+
+def _leads_before(emails: list[str]) -> dict[str, tuple[int, int]]:
+    with psycopg.connect(os.environ["DATABASE_URL"]) as conn:
+        rows = conn.execute(
+            "SELECT email, id, behavior_score FROM leadops_lead WHERE email = ANY(%s)", [emails]
+        ).fetchall()
+    return {email: (lead, behavior) for email, lead, behavior in rows}
+
+
+def _body(email: str, event_id: str) -> bytes:
+    # A case-study page view: +20 in the default model, so the score always moves.
+    event = {
+        "event_id": event_id,
+        "email": email,
+        "type": "page_view",
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "properties": {"url": "https://example.jp/case/saas", "title": "導入事例"},
+    }
+    return json.dumps(event).encode()
+
+
+def measure(
+    url: str, token: str, emails: list[str], *, rate: float, run_id: str, timeout: float = 10.0
+) -> LatencyResult:
+    """POST one event per e-mail at `rate`/s; wait up to `timeout` s after the last send."""
+    known = _leads_before(emails)
+    poller = ScorePoller({lead: behavior for lead, behavior in known.values()})
+    ids = [known[email][0] for email in emails]
+    bodies = [_body(email, f"latency-{run_id}-{rate:g}-{i}") for i, email in enumerate(emails)]
+    poller.start()
+    load = open_loop(
+        url, token, bodies, rate=rate, on_sent=lambda i, t: poller.sent.__setitem__(ids[i], t)
+    )
+    poller.deadline = time.perf_counter() + timeout
+    poller.join()
+    latencies = [(seen - poller.sent[lead]) * 1000 for lead, seen in poller.seen.items()]
+    return LatencyResult(
+        sent=len(ids),
+        seen=len(latencies),
+        p50_ms=percentile(latencies, 0.5),
+        p95_ms=percentile(latencies, 0.95),
+        statuses=load.statuses,
+    )
+
+
+def emails_for(start: int, count: int, leads: int) -> list[str]:
+    return [_email(number, leads) for number in lead_numbers(start, count, leads)]

@@ -102,42 +102,81 @@ ALTER TABLE bench_scores ADD PRIMARY KEY (lead_id);
 """
 
 
-def _behavior_values() -> tuple[str, list]:
+def _behavior_values() -> tuple[str, dict]:
     """The default model's behaviour rules as a VALUES list (type, url part, points)."""
     from scoring.defaults import BEHAVIOR_RULES
 
     rules = [
         (event_type, conditions[0]["value"] if conditions else None, points)
         for _label, event_type, conditions, points, daily_nth in BEHAVIOR_RULES
-        if daily_nth is None  # the once-a-day rule needs a window pass; left out here
+        if daily_nth is None  # the once-a-day rule needs a day window; left out here
     ]
-    values = ", ".join(["(%s, %s::text, %s::int)"] * len(rules))
-    return values, [value for rule in rules for value in rule]
+    values = ", ".join(f"(%(t{k})s, %(u{k})s::text, %(p{k})s::int)" for k in range(len(rules)))
+    params = {}
+    for k, (event_type, url, points) in enumerate(rules):
+        params.update({f"t{k}": event_type, f"u{k}": url, f"p{k}": points})
+    return values, params
 
 
-def behavior_sum_seconds() -> float:
-    """Seconds of one GROUP BY of every activity's points + one UPDATE … FROM per lead.
+PLAIN_SUM_SQL = """
+SELECT a.lead_id, sum(r.points) AS points
+FROM leadops_activity a JOIN (VALUES {values}) AS r (type, url, points)
+  ON a.type = r.type AND (r.url IS NULL OR strpos(a.properties ->> 'url', r.url) > 0)
+GROUP BY a.lead_id
+"""
 
-    The hand-written floor of rescore-all: no decay, daily Nth, ledger or MQL hand-off,
-    written into a scratch table (built before the clock starts) instead of the leads.
+# The same points, each halved per half-life of quiet time after it (gaps past the grace,
+# as the engine counts them): one sort of every activity by lead, newest first.
+DECAYED_SUM_SQL = """
+SELECT w.lead_id,
+       floor(sum(r.points * power(0.5::float8, w.quiet / %(half)s))
+             * power(0.5::float8, greatest(0, %(now)s - max(w.last_us) - %(grace)s) / %(half)s)
+             + 0.5)::int
+FROM (
+  SELECT e.*, coalesce(sum(e.excess) OVER (PARTITION BY e.lead_id ORDER BY e.t_us DESC
+           ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)::float8 AS quiet
+  FROM (
+    SELECT a.*, greatest(0, a.t_us - lead(a.t_us) OVER n - %(grace)s) AS excess,
+           first_value(a.t_us) OVER n AS last_us
+    FROM (SELECT lead_id, type, properties ->> 'url' AS url,
+                 (date_part('epoch', occurred_at) * 1e6)::bigint AS t_us
+          FROM leadops_activity) a
+    WINDOW n AS (PARTITION BY a.lead_id ORDER BY a.t_us DESC)
+  ) e
+) w
+JOIN (VALUES {values}) AS r (type, url, points)
+  ON w.type = r.type AND (r.url IS NULL OR strpos(w.url, r.url) > 0)
+GROUP BY w.lead_id
+"""
+
+
+def behavior_sum_seconds(*, decayed: bool) -> float:
+    """Seconds of one aggregate of every activity's points + one UPDATE … FROM per lead.
+
+    The hand-written floor of rescore-all with the default model's rules: no daily Nth,
+    ledger or MQL hand-off, written into a scratch table built before the clock starts.
     """
     with connection.cursor() as cursor:
         cursor.execute(SCORES_DDL)
     values, params = _behavior_values()
+    params.update(_decay_params())
+    select = (DECAYED_SUM_SQL if decayed else PLAIN_SUM_SQL).format(values=values)
     started = time.perf_counter()
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
-            f"""UPDATE bench_scores s SET behavior = p.points
-            FROM (SELECT a.lead_id, sum(r.points) AS points
-                  FROM leadops_activity a
-                  JOIN (VALUES {values}) AS r (type, url, points)
-                    ON a.type = r.type
-                   AND (r.url IS NULL OR strpos(a.properties ->> 'url', r.url) > 0)
-                  GROUP BY a.lead_id) p
-            WHERE s.lead_id = p.lead_id""",
+            f"UPDATE bench_scores s SET behavior = p.points FROM ({select}) AS p (lead_id, points) "
+            "WHERE s.lead_id = p.lead_id",
             params,
         )
     seconds = time.perf_counter() - started
     with connection.cursor() as cursor:
         cursor.execute("DROP TABLE bench_scores")
     return seconds
+
+
+def _decay_params() -> dict:
+    from scoring.spec import active_spec, to_us
+
+    spec = active_spec()
+    now_us = to_us(datetime.now(UTC))
+    return {"grace": spec.grace_us, "half": float(spec.half_life_us), "now": now_us}

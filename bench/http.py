@@ -72,7 +72,7 @@ def start_gunicorn(env: dict, port: int, workers: int = 3, threads: int = 4) -> 
 
 def start_celery(env: dict, concurrency: int = 2) -> subprocess.Popen:
     """A real Celery worker in its own process group, stopped with `stop_process`."""
-    command = [sys.executable, "-m", "celery", "-A", "leadops", "worker"]
+    command = [sys.executable, "-m", "celery", "-A", "leadops", "--quiet", "worker"]
     command += ["--concurrency", str(concurrency), "-l", "warning", "--without-heartbeat"]
     command += ["--without-gossip", "--without-mingle"]
     return subprocess.Popen(command, env=env, start_new_session=True)
@@ -120,7 +120,7 @@ async def _open_loop(url, token, bodies, rate, method, concurrency, on_sent=None
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
             async with limit:
                 if on_sent:
-                    on_sent(index, time.perf_counter())
+                    on_sent(index, due, time.perf_counter())
                 async with session.request(method, url, data=body) as response:
                     await response.read()
                     statuses[response.status] = statuses.get(response.status, 0) + 1
@@ -147,11 +147,11 @@ def open_loop(
     rate: float,
     method: str = "POST",
     concurrency: int = 64,
-    on_sent: Callable[[int, float], None] | None = None,
+    on_sent: Callable[[int, float, float], None] | None = None,
 ) -> LoadResult:
     """Send `bodies` at `rate` per second (open loop); None bodies for GETs.
 
-    `on_sent(index, perf_counter)` is called as each request goes out.
+    `on_sent(index, due, sent)` is called as each request goes out (perf_counter times).
     """
     return asyncio.run(_open_loop(url, token, bodies, rate, method, concurrency, on_sent))
 

@@ -80,7 +80,8 @@ def _commands(port: int) -> dict[str, list[str]]:
     web = [PYTHON, "-m", "gunicorn", "leadops.wsgi", "--bind", f"{HOST}:{port}", "--workers", "2"]
     # No control socket: it lives in the user's home, where two servers would clash.
     web += ["--graceful-timeout", "10", "--access-logfile", "-", "--no-control-socket"]
-    celery = [PYTHON, "-m", "celery", "-A", "leadops"]
+    # --quiet drops Celery's start-up banners, which would scroll the URLs and logins away.
+    celery = [PYTHON, "-m", "celery", "-A", "leadops", "--quiet"]
     schedule = engines.VAR_DIR / "celerybeat-schedule"
     return {
         "web": web,

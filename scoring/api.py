@@ -31,7 +31,7 @@ from scoring.models import (
     ScoringModel,
     TriggerRule,
 )
-from scoring.services.lifecycle import MODEL_COPY_FIELDS, RULE_KINDS
+from scoring.services.lifecycle import MODEL_COPY_FIELDS, RULE_COPY_FIELDS, RULE_KINDS
 
 # The model's own settings: the same ones a clone copies.
 MODEL_FIELDS = MODEL_COPY_FIELDS
@@ -62,7 +62,7 @@ class AttributeRuleSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = AttributeRule
-        fields = ("id", "label", "position", "field", "operator", "value", "points")
+        fields = ("id", *RULE_COPY_FIELDS[AttributeRule])
         read_only_fields = ("id",)
 
 
@@ -72,18 +72,7 @@ class BehaviorRuleSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = BehaviorRule
-        fields = (
-            "id",
-            "label",
-            "position",
-            "event_type",
-            "conditions",
-            "points",
-            "cap_per_lead",
-            "cap_per_window",
-            "window_days",
-            "daily_nth",
-        )
+        fields = ("id", *RULE_COPY_FIELDS[BehaviorRule])
         read_only_fields = ("id",)
 
 
@@ -93,7 +82,7 @@ class TriggerRuleSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = TriggerRule
-        fields = ("id", "label", "position", "event_type", "conditions", "min_count", "within_days")
+        fields = ("id", *RULE_COPY_FIELDS[TriggerRule])
         read_only_fields = ("id",)
 
 

@@ -17,6 +17,26 @@ from leadops.models import EventType
 from scoring import validators
 
 
+def temperature_for_score(score: int, *, warm: int, hot: int) -> str:
+    """cold < warm ≤ warm < hot ≤ hot; shared by the model row and its compiled spec."""
+    if score >= hot:
+        return "hot"
+    return "warm" if score >= warm else "cold"
+
+
+def meets_mql_rule(thresholds, *, score: int, behavior: int, attribute: int) -> bool:
+    """The MQL rule: total ≥ X, or behaviour ≥ Y and attribute ≥ Z (`thresholds` has
+    mql_total, mql_behavior, mql_attribute: a ScoringModel or its spec)."""
+    by_total = thresholds.mql_total is not None and score >= thresholds.mql_total
+    by_pair = (
+        thresholds.mql_behavior is not None
+        and thresholds.mql_attribute is not None
+        and behavior >= thresholds.mql_behavior
+        and attribute >= thresholds.mql_attribute
+    )
+    return by_total or by_pair
+
+
 class ModelStatus(models.TextChoices):
     DRAFT = "draft", _("Draft")
     ACTIVE = "active", _("Active")
@@ -118,22 +138,10 @@ class ScoringModel(models.Model):
         )
 
     def temperature_for(self, score: int) -> str:
-        if score >= self.hot_threshold:
-            return "hot"
-        if score >= self.warm_threshold:
-            return "warm"
-        return "cold"
+        return temperature_for_score(score, warm=self.warm_threshold, hot=self.hot_threshold)
 
     def is_mql(self, *, score: int, behavior: int, attribute: int) -> bool:
-        """The MQL rule: total ≥ X, or behaviour ≥ Y and attribute ≥ Z."""
-        by_total = self.mql_total is not None and score >= self.mql_total
-        by_pair = (
-            self.mql_behavior is not None
-            and self.mql_attribute is not None
-            and behavior >= self.mql_behavior
-            and attribute >= self.mql_attribute
-        )
-        return by_total or by_pair
+        return meets_mql_rule(self, score=score, behavior=behavior, attribute=attribute)
 
     def rule_count(self) -> int:
         return self.attribute_rules.count() + self.behavior_rules.count()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from scoring.models import ModelStatus, ScoringModel
+from scoring.models import ModelStatus, ScoringModel, meets_mql_rule, temperature_for_score
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 US_PER_DAY = 86_400_000_000
@@ -81,19 +81,10 @@ class ModelSpec:
     trigger_rules: tuple[TriggerSpec, ...]
 
     def temperature_for(self, score: int) -> str:
-        if score >= self.hot:
-            return "hot"
-        return "warm" if score >= self.warm else "cold"
+        return temperature_for_score(score, warm=self.warm, hot=self.hot)
 
     def is_mql(self, *, score: int, behavior: int, attribute: int) -> bool:
-        by_total = self.mql_total is not None and score >= self.mql_total
-        by_pair = (
-            self.mql_behavior is not None
-            and self.mql_attribute is not None
-            and behavior >= self.mql_behavior
-            and attribute >= self.mql_attribute
-        )
-        return by_total or by_pair
+        return meets_mql_rule(self, score=score, behavior=behavior, attribute=attribute)
 
 
 def _conditions(raw: list[dict[str, Any]]) -> tuple[tuple[str, str, Any], ...]:

@@ -102,6 +102,10 @@ def run(size: dict, size_name: str) -> list[dict]:
     engine.drop_scratch()
     print(f"engine limits: {json.dumps({k: round(v) for k, v in limits.items()})}")
     results += measure_api(size, limits, first_lead)
+    # Hand-off figures: queue page, hand-off list API, SLA monitor (bench/handoff.py).
+    from bench import handoff
+
+    results += handoff.measure(size, _production_env())
     return results
 
 

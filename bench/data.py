@@ -67,11 +67,11 @@ def generate(*, leads: int, events: int, chunk: int = 1_000_000, log=print) -> d
     first_account = _scalar("SELECT min(id) FROM leadops_account")
     _execute(
         f"""INSERT INTO leadops_lead (email, first_name, last_name, account_id, title, job_level,
-            department, industry, employee_count, phone, source, stage, attribute_score,
+            department, industry, employee_count, phone, region, source, stage, attribute_score,
             behavior_score, score, temperature, consent, unsubscribed, created_at, updated_at)
         SELECT 'lead' || g || '@bench' || (g %% %s) || '.example.jp', '太郎', '山田' || g,
                %s + g %% %s, '部長', ({JOB_LEVELS})[1 + g %% 6], ({DEPARTMENTS})[1 + (g / 7) %% 5],
-               ({INDUSTRIES})[1 + (g %% %s) %% 9], ({SIZES})[1 + ((g %% %s) * 7) %% 7], '',
+               ({INDUSTRIES})[1 + (g %% %s) %% 9], ({SIZES})[1 + ((g %% %s) * 7) %% 7], '', '',
                ({SOURCES})[1 + (g / 3) %% 7], 'new', 0, 0, 0, 'cold', false, false, now(), now()
         FROM generate_series(1, %s) g""",
         [accounts, first_account, accounts, accounts, accounts, leads],

@@ -13,7 +13,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 from django.core.paginator import Paginator
-from django.db import connections, transaction
+from django.db import transaction
 from django.db.models import QuerySet
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
@@ -24,6 +24,7 @@ from leadops.admin_csv import LeadCsvAdminMixin
 from leadops.models import Account, Activity, Lead
 from leadops.roles import ROLE_LABELS, Role, assign_role, roles_of, sees_only_own_leads
 from leadops.services import normalize_email, notify_leads_changed
+from leadops.sql import planner_row_estimate
 from scoring.services.explain import lead_explanation
 
 User = get_user_model()
@@ -50,18 +51,6 @@ class PlannerCountPaginator(Paginator):
         return estimate if estimate >= self.EXACT_BELOW else super().count
 
 
-def planner_row_estimate(queryset: QuerySet) -> int:
-    sql, params = queryset.query.sql_with_params()
-    with connections[queryset.db].cursor() as cursor:
-        cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
-        plan = cursor.fetchone()[0]
-    if isinstance(plan, str):
-        import json
-
-        plan = json.loads(plan)
-    return int(plan[0]["Plan"]["Plan Rows"])
-
-
 class BigTableAdmin(admin.ModelAdmin):
     paginator = PlannerCountPaginator
     show_full_result_count = False
@@ -82,6 +71,7 @@ class LeadAdminForm(forms.ModelForm):
             "account",
             "title",
             "phone",
+            "region",
             "job_level",
             "department",
             "industry",
@@ -159,7 +149,10 @@ class LeadAdmin(LeadCsvAdminMixin, BigTableAdmin):
     )
     fieldsets = (
         (None, {"fields": ("email", "last_name", "first_name", "account", "title", "phone")}),
-        (_("Profile"), {"fields": ("job_level", "department", "industry", "employee_count")}),
+        (
+            _("Profile"),
+            {"fields": ("job_level", "department", "industry", "employee_count", "region")},
+        ),
         (_("Source and consent"), {"fields": ("source", "consent", "unsubscribed")}),
         (_("Owner and stage"), {"fields": ("owner", "stage")}),
         (

@@ -193,13 +193,49 @@ class TimelineSource:
     serializer: type[serializers.Serializer]
 
 
-# Score changes and stage transitions join by adding a source here; order and cursors
-# already handle several kinds.
-TIMELINE_SOURCES: list[TimelineSource] = [
-    TimelineSource(
-        "activity", lambda lead: lead.activities.all(), "occurred_at", ActivityEntrySerializer
-    ),
-]
+def _timeline_sources() -> list[TimelineSource]:
+    """Every kind of entry: one query each per page, the people on them joined in.
+
+    The later apps' models are imported here, beside the only lead-core code that reads
+    them.
+    """
+    from handoff import serializers as handoff_serializers
+    from handoff.models import ContactAttempt, LeadNote, StageTransition
+    from scoring.models import ScoreChange
+
+    return [
+        TimelineSource(
+            "activity", lambda lead: lead.activities.all(), "occurred_at", ActivityEntrySerializer
+        ),
+        TimelineSource(
+            "score_change",
+            lambda lead: ScoreChange.objects.filter(lead=lead),
+            "created_at",
+            handoff_serializers.ScoreChangeEntrySerializer,
+        ),
+        TimelineSource(
+            "transition",
+            lambda lead: StageTransition.objects.filter(lead=lead).select_related("actor"),
+            "created_at",
+            handoff_serializers.TransitionEntrySerializer,
+        ),
+        TimelineSource(
+            "contact_attempt",
+            lambda lead: ContactAttempt.objects.filter(lead=lead).select_related("actor"),
+            "created_at",
+            handoff_serializers.ContactAttemptEntrySerializer,
+        ),
+        TimelineSource(
+            "note",
+            lambda lead: LeadNote.objects.filter(lead=lead).select_related("author"),
+            "created_at",
+            handoff_serializers.NoteEntrySerializer,
+        ),
+    ]
+
+
+# Order and cursors handle any number of kinds: a new kind is one more source here.
+TIMELINE_SOURCES: list[TimelineSource] = _timeline_sources()
 
 Position = tuple[datetime, str, int]  # (at, kind, id): entries are ordered by it, descending
 _at_field = serializers.DateTimeField()

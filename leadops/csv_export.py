@@ -39,6 +39,7 @@ EXPORT_COLUMNS: tuple[tuple[str, Callable[[Lead], Any]], ...] = (
     ("industry", lambda lead: lead.industry),
     ("employee_count", lambda lead: lead.employee_count),
     ("phone", lambda lead: lead.phone),
+    ("region", lambda lead: lead.region),
     ("source", lambda lead: lead.source),
     ("stage", lambda lead: lead.stage),
     ("score", lambda lead: lead.score),

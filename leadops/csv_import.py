@@ -340,6 +340,7 @@ _HEADER_ALIASES: dict[str, tuple[str, ...]] = {
         "numberofemployees",
     ),
     "phone": ("電話番号", "電話", "tel", "phone", "phonenumber", "telephone"),
+    "region": ("都道府県", "地域", "エリア", "region", "prefecture", "state"),
     "source": ("流入元", "流入経路", "リードソース", "ソース", "source", "leadsource"),
 }
 _FIELD_BY_HEADER = {alias: name for name, aliases in _HEADER_ALIASES.items() for alias in aliases}
@@ -519,6 +520,7 @@ _CLEANERS: dict[str, Callable[[str], Any]] = {
     "industry": parse_industry,
     "employee_count": parse_employee_count,
     "phone": _text_cleaner("phone", nfkc=True),
+    "region": _text_cleaner("region", nfkc=True),
     "source": _text_cleaner("source"),
 }
 

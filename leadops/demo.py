@@ -36,7 +36,9 @@ DEMO_SALES_USERNAME = "demo-sales"
 DEMO_USERS: dict[str, tuple[str, str, str]] = {
     "demo-marketer": (Role.MARKETER, "佐藤", "美咲"),
     "demo-is": (Role.INSIDE_SALES, "鈴木", "翔太"),
+    "demo-is2": (Role.INSIDE_SALES, "伊藤", "さくら"),
     DEMO_SALES_USERNAME: (Role.SALES, "高橋", "健一"),
+    "demo-sales2": (Role.SALES, "渡辺", "大輔"),
     "demo-manager": (Role.MANAGER, "田中", "由美"),
 }
 EVENT_SOURCE = "demo"
@@ -351,6 +353,7 @@ class _DemoGenerator:
             industry=account.industry,
             employee_count=account.employee_count,
             phone=self.fake.phone_number(),
+            region=self.fake.prefecture(),
             source=source,
             stage=self._stage(),
             consent=self.rng.random() < 0.85,

@@ -98,6 +98,11 @@ def _child_env() -> dict[str, str]:
         "DATABASE_URL": engines.database_url(),
         "REDIS_URL": engines.redis_url(),
         "PYTHONUNBUFFERED": "1",
+        # Demo mail (notifications, nurture mails) goes to files, not over the banner.
+        "EMAIL_BACKEND": os.environ.get(
+            "EMAIL_BACKEND", "django.core.mail.backends.filebased.EmailBackend"
+        ),
+        "EMAIL_FILE_PATH": os.environ.get("EMAIL_FILE_PATH", str(engines.VAR_DIR / "mail")),
     }
 
 
@@ -169,7 +174,9 @@ def _print_banner(port: int) -> bool:
         "",
         f"LeadOps is running at {url}",
         f"  admin:    {url}admin/",
+        f"  IS queue: {url}queue/   sales inbox: {url}inbox/   dashboard: {url}dashboard/",
         f"  API docs: {url}api/docs/",
+        f"  mail sent by the app is written to {engines.VAR_DIR / 'mail'}/",
         f"  demo logins (password: {demo.DEMO_PASSWORD}):",
         *logins,
         "Press Ctrl-C to stop.",

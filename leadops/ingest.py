@@ -21,18 +21,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import cache, lru_cache
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_email
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext as _
+from psycopg.errors import DeadlockDetected
 
 from leadops.models import EventType, Lead
 from leadops.sql import model_default_columns
@@ -87,6 +89,30 @@ class IngestResult:
         self.errors.append({"index": index, "errors": errors})
 
 
+# Many concurrent events for one lead can still meet in a lock cycle inside PostgreSQL
+# (tuple-lock queueing between the activity's foreign-key lock and the lead update);
+# PostgreSQL then aborts one transaction, which loses nothing and is simply run again.
+DEADLOCK_RETRIES = 4
+
+
+def _store_retrying_deadlocks(events: list, validated: IngestResult) -> IngestResult:
+    """`_store` in its own transaction, run again (from the validated state) if PostgreSQL
+    chose it as a deadlock victim; inside a caller's transaction there is no retry."""
+    for attempt in range(DEADLOCK_RETRIES):
+        result = replace(validated, errors=list(validated.errors), lead_ids=set())
+        try:
+            with transaction.atomic():
+                _store(events, result)
+            return result
+        except OperationalError as exc:
+            retry = isinstance(exc.__cause__, DeadlockDetected)
+            if not retry or connection.in_atomic_block or attempt == DEADLOCK_RETRIES - 1:
+                raise
+            logger.info("ingest: deadlock victim, running again (attempt %d)", attempt + 2)
+            time.sleep(0.005 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
 class _Invalid(Exception):
     """A field's value is wrong; the message says what to send instead."""
 
@@ -104,8 +130,7 @@ def ingest_events(items: Sequence[object], *, actor: Any = None) -> IngestResult
     result = IngestResult()
     events = _validate_all(items, result)
     if events:
-        with transaction.atomic():
-            _store(events, result)
+        result = _store_retrying_deadlocks(events, result)
         touched = frozenset(result.lead_ids)
         if touched:
             transaction.on_commit(lambda: _after_events_committed(touched))

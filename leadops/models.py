@@ -136,6 +136,8 @@ class Lead(models.Model):
     industry = models.CharField(_("industry"), max_length=20, choices=Industry.choices, blank=True)
     employee_count = models.PositiveIntegerField(_("employee count"), null=True, blank=True)
     phone = models.CharField(_("phone"), max_length=50, blank=True)
+    # Prefecture or sales region as the team writes it (東京都, 関西 …): assignment rules match it.
+    region = models.CharField(_("region"), max_length=50, blank=True)
     source = models.CharField(_("source"), max_length=100, blank=True)
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -172,6 +174,8 @@ class Lead(models.Model):
         indexes = [
             models.Index(fields=["stage", "-score"], name="lead_stage_score"),
             models.Index(fields=["owner", "-id"], name="lead_owner_id"),
+            # The dashboard: leads created in a period, by source, without the table.
+            models.Index(fields=["created_at"], include=["source"], name="lead_created_source"),
             models.Index(fields=["temperature", "-id"], name="lead_temperature_id"),
             models.Index(fields=["-last_activity_at"], name="lead_last_activity"),
             models.Index(fields=["account"], name="lead_account"),

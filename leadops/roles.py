@@ -91,6 +91,25 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "scoring.add_triggerrule",
         "scoring.change_triggerrule",
         "scoring.delete_triggerrule",
+        # Marketers read the hand-off side: why sales rejected what they rejected.
+        "handoff.view_handoff",
+        "handoff.view_stagetransition",
+        # … and own nurturing: segments, tracks and their steps, website forms; sends
+        # are read-only except re-queueing failed ones.
+        "nurturing.view_*",
+        "nurturing.add_segment",
+        "nurturing.change_segment",
+        "nurturing.delete_segment",
+        "nurturing.add_track",
+        "nurturing.change_track",
+        "nurturing.delete_track",
+        "nurturing.add_step",
+        "nurturing.change_step",
+        "nurturing.delete_step",
+        "nurturing.add_webform",
+        "nurturing.change_webform",
+        "nurturing.delete_webform",
+        "nurturing.change_emailsend",
     ],
     Role.INSIDE_SALES: [
         "leadops.view_lead",
@@ -110,6 +129,21 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         # A manager reassigns leads and fixes company data.
         "leadops.change_lead",
         "leadops.change_account",
+        # … runs the hand-off: settings, calendar, rep availability, rules, webhooks,
+        # and retries failed notifications.
+        "handoff.change_handoffpolicy",
+        "handoff.add_companyholiday",
+        "handoff.change_companyholiday",
+        "handoff.delete_companyholiday",
+        "handoff.add_repprofile",
+        "handoff.change_repprofile",
+        "handoff.add_assignmentrule",
+        "handoff.change_assignmentrule",
+        "handoff.delete_assignmentrule",
+        "handoff.add_webhookendpoint",
+        "handoff.change_webhookendpoint",
+        "handoff.delete_webhookendpoint",
+        "handoff.change_delivery",
     ],
 }
 

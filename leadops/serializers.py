@@ -92,6 +92,7 @@ class LeadSerializer(serializers.ModelSerializer):
             "industry",
             "employee_count",
             "phone",
+            "region",
             "source",
             "consent",
             "unsubscribed",
@@ -292,13 +293,32 @@ class ActivityEntrySerializer(serializers.ModelSerializer):
 class TimelineEntrySerializer(serializers.Serializer):
     """Every entry has `kind` and `at`; the rest depends on the kind."""
 
-    kind = serializers.ChoiceField(choices=["activity"])
+    kind = serializers.ChoiceField(
+        choices=["activity", "score_change", "transition", "contact_attempt", "note"]
+    )
     at = serializers.DateTimeField()
+    # activity
     type = serializers.CharField(required=False)
     occurred_at = serializers.DateTimeField(required=False)
     properties = serializers.DictField(required=False)
     event_id = serializers.CharField(required=False)
     source = serializers.CharField(required=False)
+    # score_change, transition, contact_attempt, note
+    id = serializers.IntegerField(required=False)
+    points = serializers.IntegerField(required=False)
+    reason = serializers.CharField(required=False)
+    rule = serializers.CharField(required=False)
+    activity_id = serializers.IntegerField(required=False, allow_null=True)
+    model_version = serializers.IntegerField(required=False)
+    from_stage = serializers.CharField(required=False)
+    to_stage = serializers.CharField(required=False)
+    score = serializers.IntegerField(required=False)
+    actor = serializers.CharField(required=False, allow_null=True)
+    channel = serializers.CharField(required=False)
+    outcome = serializers.CharField(required=False)
+    note = serializers.CharField(required=False)
+    body = serializers.CharField(required=False)
+    author = serializers.CharField(required=False, allow_null=True)
 
 
 class TimelinePageSerializer(serializers.Serializer):

@@ -22,6 +22,7 @@ WRITABLE_LEAD_FIELDS = (
     "industry",
     "employee_count",
     "phone",
+    "region",
     "source",
     "consent",
 )

@@ -9,7 +9,10 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
+from handoff.tasks import BEAT_SCHEDULE as HANDOFF_BEAT_SCHEDULE
 from leadops.engines import database_url, redis_url
+from leadops.tasks import BEAT_SCHEDULE as LEADOPS_BEAT_SCHEDULE
+from nurturing.tasks import BEAT_SCHEDULE as NURTURING_BEAT_SCHEDULE
 from scoring.tasks import BEAT_SCHEDULE as SCORING_BEAT_SCHEDULE
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -99,6 +102,8 @@ TEMPLATES = [
                 "django.template.context_processors.i18n",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                # The header's Queue / Inbox links and the bell (lazy: one query when shown).
+                "handoff.views.header_context",
             ],
         },
     },
@@ -181,7 +186,12 @@ CELERY_RESULT_EXPIRES = 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULE_FILENAME = str(BASE_DIR / "var" / "celerybeat-schedule")
-CELERY_BEAT_SCHEDULE = {**SCORING_BEAT_SCHEDULE}
+CELERY_BEAT_SCHEDULE = {
+    **LEADOPS_BEAT_SCHEDULE,
+    **SCORING_BEAT_SCHEDULE,
+    **HANDOFF_BEAT_SCHEDULE,
+    **NURTURING_BEAT_SCHEDULE,
+}
 
 CACHES = {
     "default": {
@@ -198,6 +208,8 @@ EMAIL_BACKEND = os.environ.get(
     if DEBUG
     else "django.core.mail.backends.smtp.EmailBackend",
 )
+# Where the file-based backend writes mails (`make run` uses it: one file per batch).
+EMAIL_FILE_PATH = os.environ.get("EMAIL_FILE_PATH", str(BASE_DIR / "var" / "mail"))
 EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
 EMAIL_PORT = env_int("EMAIL_PORT", 25)
 EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
@@ -226,3 +238,48 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
+
+# --- Hand-off notifications (handoff/notifications.py, handoff/webhooks.py) ------------
+# Absolute links in notification emails and webhook posts, e.g. https://leads.example.com.
+SITE_URL = os.environ.get("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
+NOTIFICATION_EMAIL_FROM = os.environ.get("NOTIFICATION_EMAIL_FROM", "") or DEFAULT_FROM_EMAIL
+# Seconds a webhook may take to answer before the post counts as failed (and is retried).
+WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10)
+# Tries per delivery (email or webhook) before it is marked failed; waits between tries
+# double from the backoff: 60 s, 2 min, 4 min … (a 429's Retry-After wins).
+NOTIFICATION_MAX_ATTEMPTS = env_int("NOTIFICATION_MAX_ATTEMPTS", 6)
+NOTIFICATION_RETRY_BACKOFF_SECONDS = env_int("NOTIFICATION_RETRY_BACKOFF_SECONDS", 60)
+# Tests only: lets webhooks post over plain HTTP to loopback/private addresses (a local
+# test server). Deliberately not read from the environment, so production cannot enable it.
+WEBHOOK_ALLOW_PRIVATE_HOSTS = False
+if min(WEBHOOK_TIMEOUT_SECONDS, NOTIFICATION_MAX_ATTEMPTS, NOTIFICATION_RETRY_BACKOFF_SECONDS) < 1:
+    raise ImproperlyConfigured(
+        "WEBHOOK_TIMEOUT_SECONDS, NOTIFICATION_MAX_ATTEMPTS and "
+        "NOTIFICATION_RETRY_BACKOFF_SECONDS must be 1 or more."
+    )
+
+# --- Nurturing mail (nurturing/sending.py, nurturing/tracking.py) -----------------------
+# Nurture mails a minute, a budget shared by every worker and scheduler.
+NURTURING_SEND_RATE_PER_MINUTE = env_int("NURTURING_SEND_RATE_PER_MINUTE", 600)
+# How long the open pixel, click and unsubscribe links of a mail keep working.
+NURTURING_TOKEN_MAX_AGE_DAYS = env_int("NURTURING_TOKEN_MAX_AGE_DAYS", 180)
+NURTURING_FROM_EMAIL = os.environ.get("NURTURING_FROM_EMAIL", "") or DEFAULT_FROM_EMAIL
+# A mailbox someone reads, added to List-Unsubscribe as mailto: (empty: the link only).
+NURTURING_UNSUBSCRIBE_MAILTO = os.environ.get("NURTURING_UNSUBSCRIBE_MAILTO", "")
+# Segments: time allowed for an exact count before the admin shows PostgreSQL's estimate.
+NURTURING_SEGMENT_COUNT_TIMEOUT_MS = env_int("NURTURING_SEGMENT_COUNT_TIMEOUT_MS", 2000)
+# How often a step-mail track re-runs its segment to enroll new matches.
+NURTURING_ENROLL_INTERVAL_SECONDS = env_int("NURTURING_ENROLL_INTERVAL_SECONDS", 300)
+# Largest audience enrolled while activating a track; larger ones by the next beat run.
+NURTURING_ENROLL_NOW_MAX = env_int("NURTURING_ENROLL_NOW_MAX", 20_000)
+
+# --- Website capture (nurturing/capture.py) ------------------------------------------------
+# Sites allowed to send page views and post to every form (each form adds its own).
+LEADOPS_CAPTURE_ORIGINS = env_list("LEADOPS_CAPTURE_ORIGINS")
+LEADOPS_CAPTURE_ORIGINS_CACHE_SECONDS = env_int("LEADOPS_CAPTURE_ORIGINS_CACHE_SECONDS", 30)
+# Public form posts allowed per visitor IP and per form within the window (429 beyond).
+LEADOPS_FORM_RATE_PER_IP = env_int("LEADOPS_FORM_RATE_PER_IP", 10)
+LEADOPS_FORM_RATE_PER_FORM = env_int("LEADOPS_FORM_RATE_PER_FORM", 300)
+LEADOPS_FORM_RATE_WINDOW_SECONDS = env_int("LEADOPS_FORM_RATE_WINDOW_SECONDS", 60)
+# Proxies in front of LeadOps whose X-Forwarded-For is trusted (1 behind one TLS proxy).
+LEADOPS_TRUSTED_PROXY_COUNT = env_int("LEADOPS_TRUSTED_PROXY_COUNT", 0)

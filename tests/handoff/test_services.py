@@ -2,7 +2,6 @@
 
 import pytest
 
-from handoff import services
 from handoff.models import StageTransition
 from handoff.services import (
     LEGAL_TRANSITIONS,
@@ -11,6 +10,7 @@ from handoff.services import (
     mark_lead_mql,
     transition_lead,
 )
+from handoff.services import stages as services
 from leadops.models import Lead, Stage
 from tests.factories import LeadFactory
 

@@ -22,7 +22,7 @@ SMALL = {"leads": 150, "accounts": 20, "days": 10}
 
 @pytest.fixture(autouse=True)
 def fast_password_hashing(settings):
-    # Five demo users per load: the production hasher would dominate these tests.
+    # Seven demo users per load: the production hasher would dominate these tests.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
@@ -57,7 +57,7 @@ def test_second_load_adds_nothing():
     assert counts[2] == SMALL["leads"] and counts[1] == SMALL["accounts"]
     assert counts[3] > SMALL["leads"]
     assert _counts() == counts
-    assert "added 5 users" in first
+    assert f"added {len(demo.DEMO_USERS) + 1} users" in first
     assert "added 0 users, 0 accounts, 0 leads, 0 activities" in second
 
 
@@ -200,3 +200,23 @@ def test_full_size_workspace_loads_in_well_under_a_minute():
     assert summary.leads == demo.DEFAULT_LEADS >= 3000
     assert summary.activities > 2 * demo.DEFAULT_LEADS  # ~2.5 a lead: most do little
     assert demo.DEFAULT_DAYS >= 30
+
+
+@pytest.mark.django_db
+def test_the_queue_has_a_day_of_work_and_no_mql_without_its_hand_off():
+    from handoff.models import ContactAttempt, Handoff
+
+    _load(leads=600, accounts=60)
+    mqls = set(Lead.objects.filter(stage=Stage.MQL).values_list("pk", flat=True))
+    waiting = Handoff.objects.for_inside_sales().not_done()
+    assert mqls and set(waiting.values_list("lead_id", flat=True)) == mqls
+    assert waiting.filter(status="claimed").exists() and waiting.filter(status="open").exists()
+    assert ContactAttempt.objects.exists()
+    sqls = set(Lead.objects.filter(stage=Stage.SQL).values_list("pk", flat=True))
+    inbox = Handoff.objects.for_sales().not_done()
+    assert set(inbox.values_list("lead_id", flat=True)) == sqls
+    # Opened over the last working days: some clocks are already past their deadline.
+    assert waiting.filter(due_at__lt=timezone.now()).exists()
+    before = (Handoff.objects.count(), ContactAttempt.objects.count())
+    _load(leads=600, accounts=60)
+    assert (Handoff.objects.count(), ContactAttempt.objects.count()) == before

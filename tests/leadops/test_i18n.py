@@ -48,11 +48,12 @@ def test_catalogue_is_complete_and_well_formed():
     assert [e.msgid for e in live if not (e.msgstr or e.msgstr_plural.get(0))] == []
 
 
-def test_every_string_of_the_models_is_in_the_catalogue():
-    source = (Path(django_settings.BASE_DIR) / "leadops" / "models.py").read_text()
+@pytest.mark.parametrize("app", ["leadops", "scoring", "handoff", "nurturing"])
+def test_every_string_of_the_models_is_in_the_catalogue(app):
+    source = (Path(django_settings.BASE_DIR) / app / "models.py").read_text()
     msgids = set(re.findall(r'_\("((?:[^"\\]|\\.)*)"\)', source))
     catalogue = {entry.msgid for entry in polib.pofile(str(PO_PATH)) if entry.msgstr}
-    assert len(msgids) > 50
+    assert len(msgids) > 10
     assert msgids - catalogue == set()
 
 

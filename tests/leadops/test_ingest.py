@@ -350,3 +350,49 @@ def test_occurred_at_is_stored_as_the_same_instant():
     ingest_events([event(occurred_at="2026-03-01T09:30:15.123456+09:00")])
     stored = Activity.objects.get().occurred_at
     assert stored == datetime(2026, 3, 1, 0, 30, 15, 123456, tzinfo=UTC)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_deadlock_victim_is_run_again_and_nothing_is_lost_or_doubled(monkeypatch):
+    from django.db import OperationalError
+    from psycopg.errors import DeadlockDetected
+
+    from leadops import ingest as ingest_module
+
+    real_store = ingest_module._store
+    calls = []
+
+    def store_losing_the_first_race(events, result):
+        calls.append(1)
+        real_store(events, result)  # writes, then PostgreSQL picks this one as the victim
+        if len(calls) == 1:
+            raise OperationalError("deadlock detected") from DeadlockDetected()
+
+    monkeypatch.setattr(ingest_module, "_store", store_losing_the_first_race)
+    items = [
+        {"event_id": f"dl-{i}", "email": "deadlock@example.jp", "type": "email_open"}
+        for i in range(3)
+    ]
+    result = ingest_module.ingest_events(items)
+    assert (len(calls), result.accepted, result.duplicates, result.errors) == (2, 3, 0, [])
+    assert Activity.objects.filter(event_id__startswith="dl-").count() == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_other_database_errors_are_not_retried(monkeypatch):
+    from django.db import OperationalError
+
+    from leadops import ingest as ingest_module
+
+    calls = []
+
+    def failing_store(events, result):
+        calls.append(1)
+        raise OperationalError("server closed the connection")
+
+    monkeypatch.setattr(ingest_module, "_store", failing_store)
+    with pytest.raises(OperationalError):
+        ingest_module.ingest_events(
+            [{"event_id": "x", "email": "a@example.jp", "type": "email_open"}]
+        )
+    assert len(calls) == 1

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.translation import gettext as _
 
+from handoff.demo import play_demo_handoffs
 from leadops import demo
 
 # (option, environment variable, default)
@@ -58,6 +59,8 @@ class Command(BaseCommand):
         summary = demo.load_demo_workspace(seed=options["seed"], **sizes)
         # The one place the demo asks for scores: every lead, once the data is in.
         demo.rescore_all_leads()
+        # Its MQLs are now in the IS queue: give them a realistic day of work.
+        play_demo_handoffs(seed=options["seed"])
         self.stdout.write(
             self.style.SUCCESS(
                 _(

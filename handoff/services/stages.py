@@ -1,4 +1,5 @@
-"""Stage changes of a lead. Every stage change goes through `transition_lead`.
+"""Stage changes of a lead. Every stage change goes through `transition_lead`
+(or, for leads becoming MQLs, `mark_leads_mql`).
 
 The legal edges (PRODUCT.md "Stages and hand-off"):
 
@@ -137,6 +138,10 @@ def mark_leads_mql(reasons: Mapping[int, str], *, actor: Any = None) -> list[Sta
     """
     if not reasons:
         return []
+    from handoff.services.handoffs import open_is_handoffs
+    from nurturing.enrollment import ExitReason, exit_leads
+
+    now = timezone.now()
     with connection.cursor() as cursor:
         cursor.execute(
             """UPDATE leadops_lead l SET stage = %(mql)s, updated_at = %(now)s
@@ -147,7 +152,7 @@ def mark_leads_mql(reasons: Mapping[int, str], *, actor: Any = None) -> list[Sta
             RETURNING l.id, before.stage, l.score""",
             {
                 "mql": Stage.MQL,
-                "now": timezone.now(),
+                "now": now,
                 "ids": sorted(reasons),
                 "from": sorted(MQL_ENTRY_STAGES),
             },
@@ -164,6 +169,9 @@ def mark_leads_mql(reasons: Mapping[int, str], *, actor: Any = None) -> list[Sta
         )
         for lead_id, from_stage, score in moved
     )
-    # The Lifecycle and hand-off issue opens the IS hand-offs here, in this transaction:
-    # assignment by the team's rule, the SLA deadline for first contact, notifications.
+    # Same transaction: an MQL without its hand-off (assignee, SLA, notification) is
+    # exactly the dropped lead this product exists to prevent.
+    open_is_handoffs({t.lead_id: t.reason for t in transitions}, actor=actor, now=now)
+    # An MQL is IS's now: nurture mails stop.
+    exit_leads([t.lead_id for t in transitions], reason=ExitReason.MQL)
     return transitions

@@ -22,7 +22,6 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support import expected_conditions as EC
 
 from leadops.roles import create_user_with_role
 from tests.browser import artifact_path, wait, wait_for
@@ -141,7 +140,19 @@ def log_in(live_server) -> Callable[..., None]:
         form.find_element(By.NAME, "password").send_keys(PASSWORD)
         # The language switcher's button comes first in the page: name the form's own.
         form.find_element(By.CSS_SELECTOR, "#login-form [type=submit]").click()
-        wait(driver).until(EC.staleness_of(form), "the login form was not submitted")
+        # A new page has loaded: the login page again (refused) or `next_path`. (Polling
+        # the old form for staleness races with the navigation in Chromium.)
+        wait(driver).until(
+            lambda d: (
+                urlsplit(d.current_url).path != login
+                or d.find_elements(By.CSS_SELECTOR, ".errornote")
+            ),
+            "the login form was not submitted",
+        )
+        wait(driver).until(
+            lambda d: d.execute_script("return document.readyState") == "complete",
+            "the page after log in did not load",
+        )
         refused = driver.find_elements(By.CSS_SELECTOR, "#login-form, .errornote")
         assert not refused, f"{user.get_username()} could not log in: {refused[0].text}"
         assert urlsplit(driver.current_url).path == next_path
@@ -157,7 +168,12 @@ def log_out() -> Callable[[WebDriver], None]:
     def log_out(driver: WebDriver) -> None:
         button = driver.find_element(By.CSS_SELECTOR, ".logout-form [type=submit]")
         button.click()
-        wait(driver).until(EC.staleness_of(button), "the log out button did nothing")
+        # The session cookie going is the proof; watching the old button go stale races
+        # with the navigation (Chromium: "Node … does not belong to the document").
         wait(driver).until(lambda d: d.get_cookie("sessionid") is None, "still logged in")
+        wait(driver).until(
+            lambda d: d.execute_script("return document.readyState") == "complete",
+            "the page after log out did not load",
+        )
 
     return log_out

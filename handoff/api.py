@@ -31,7 +31,7 @@ from django.utils.translation import gettext_lazy
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import APIException, NotFound, ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.permissions import SAFE_METHODS, BasePermission, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -57,6 +57,7 @@ from handoff.serializers import (
     StageNoteSerializer,
 )
 from leadops.api import JSONBodyParser
+from leadops.api_errors import Conflict
 from leadops.models import Lead
 from leadops.roles import Role, has_role, sees_only_own_leads
 from leadops.serializers import LeadSerializer
@@ -69,12 +70,6 @@ ACTION_ERRORS = {
     404: OpenApiResponse(description="No such hand-off or lead, or not one the caller sees."),
     409: OpenApiResponse(description="The stage or the hand-off's state does not allow it."),
 }
-
-
-class Conflict(APIException):
-    status_code = status.HTTP_409_CONFLICT
-    default_detail = gettext_lazy("This action does not fit the lead's current state.")
-    default_code = "conflict"
 
 
 @contextmanager

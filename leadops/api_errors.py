@@ -26,6 +26,14 @@ class PayloadTooLarge(APIException):
     default_code = "payload_too_large"
 
 
+class Conflict(APIException):
+    """409: the action does not fit the object's current state (stage, status, job)."""
+
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = gettext_lazy("This action does not fit the lead's current state.")
+    default_code = "conflict"
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, RequestDataTooBig):
         exc = PayloadTooLarge()

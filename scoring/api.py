@@ -15,12 +15,13 @@ from django.utils.translation import gettext_lazy
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.exceptions import ValidationError
 from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.routers import SimpleRouter
 
+from leadops.api_errors import Conflict
 from leadops.roles import Role, has_role
 from scoring import services
 from scoring.exceptions import ActivationInProgress, ActivationRefused, InvalidModelData
@@ -44,11 +45,6 @@ class IsMarketerOrManager(BasePermission):
 
     def has_permission(self, request: Request, view: Any) -> bool:
         return has_role(request.user, Role.MARKETER, Role.MANAGER)
-
-
-class Conflict(APIException):
-    status_code = status.HTTP_409_CONFLICT
-    default_code = "conflict"
 
 
 # --- serializers ----------------------------------------------------------------------------

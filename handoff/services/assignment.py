@@ -15,7 +15,7 @@ from datetime import datetime
 
 from django.contrib.auth import get_user_model
 from django.db import connection
-from django.db.models import Count, Q
+from django.db.models import Count
 
 from handoff.models import (
     AssignmentMode,
@@ -23,7 +23,6 @@ from handoff.models import (
     Handoff,
     HandoffKind,
     HandoffPolicy,
-    HandoffStatus,
     RepProfile,
 )
 from leadops.models import Lead
@@ -144,15 +143,3 @@ def _record_turns(user_ids: set[int], *, now: datetime) -> None:
 
 def is_rep_ids() -> list[int]:
     return users_in_role(Role.INSIDE_SALES)
-
-
-def is_sales_rep(user) -> bool:
-    return bool(
-        user is not None and user.is_active and user.groups.filter(name=Role.SALES).exists()
-    )
-
-
-def open_load(user_id: int) -> int:
-    return Handoff.objects.filter(
-        ~Q(status=HandoffStatus.DONE), assignee_id=user_id, kind=HandoffKind.INSIDE_SALES
-    ).count()

@@ -171,6 +171,8 @@ def mark_leads_mql(reasons: Mapping[int, str], *, actor: Any = None) -> list[Sta
     )
     # Same transaction: an MQL without its hand-off (assignee, SLA, notification) is
     # exactly the dropped lead this product exists to prevent.
+    if not transitions:
+        return []
     open_is_handoffs({t.lead_id: t.reason for t in transitions}, actor=actor, now=now)
     # An MQL is IS's now: nurture mails stop.
     exit_leads([t.lead_id for t in transitions], reason=ExitReason.MQL)

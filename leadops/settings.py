@@ -228,8 +228,8 @@ SECURE_HSTS_PRELOAD = not DEBUG
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
-# The health endpoint is probed over plain HTTP from inside the network.
-SECURE_REDIRECT_EXEMPT = [r"^healthz/$"]
+# The health endpoints are probed over plain HTTP from inside the network.
+SECURE_REDIRECT_EXEMPT = [r"^healthz/$", r"^health/$"]
 
 LOGGING = {
     "version": 1,

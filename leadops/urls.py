@@ -1,4 +1,4 @@
-"""Root URLs: admin, the JSON API v1 with its OpenAPI schema, pages, health."""
+"""Root URLs: admin, the JSON API v1 with its OpenAPI schema, pages, liveness and health."""
 
 from django.contrib import admin
 from django.urls import include, path
@@ -9,6 +9,7 @@ from leadops import dashboard_views, views
 urlpatterns = [
     path("", views.home, name="home"),
     path("healthz/", views.healthz, name="healthz"),
+    path("health/", views.health, name="health"),
     path("dashboard/", dashboard_views.dashboard, name="dashboard"),
     path("", include("handoff.urls")),
     path("", include("nurturing.urls")),

@@ -1,4 +1,4 @@
-"""Pages of the lead core: the home screen and the health endpoint."""
+"""Pages of the lead core: the home screen and the health endpoints."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.utils import timezone
 
+from leadops.health import health_report
 from leadops.models import Activity, Lead, Stage, Temperature
 from leadops.roles import sees_only_own_leads
 
@@ -90,3 +91,9 @@ def healthz(request: HttpRequest) -> JsonResponse:
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
     return JsonResponse({"status": "ok"})
+
+
+def health(request: HttpRequest) -> JsonResponse:
+    """Database, broker, workers and scheduler, with the backlogs to watch; 503 if any fails."""
+    report = health_report()
+    return JsonResponse(report, status=200 if report["status"] == "ok" else 503)

@@ -44,21 +44,27 @@ SCORED_COLUMNS = (
     "b_last, last_at, behavior, attribute_rules, behavior_rules, score, temperature, "
     "new_mql, old_mql, changed"
 )
+# The scratch tables live as long as the database session and are emptied at every
+# commit (and at the start of every use, for several uses in one transaction). Creating
+# and dropping them per rescore wrote ~7 KB of catalog rows each time (pg_class,
+# pg_attribute…): at 100 rescores/s the catalogs bloated by gigabytes a day and
+# autovacuum's passes over them stalled rescores (the event → score latency swings).
 SCORED_DDL = """
-DROP TABLE IF EXISTS scoring_scored;
-CREATE TEMP TABLE scoring_scored (
+CREATE TEMP TABLE IF NOT EXISTS scoring_scored (
     lead_id bigint PRIMARY KEY, stage text, old_attribute int, old_behavior int,
     old_score int, old_temperature text, attribute int, b_last float8, last_at timestamptz,
     behavior int, attribute_rules bigint[], behavior_rules jsonb, score int,
     temperature text, new_mql bool, old_mql bool, changed bool
-) ON COMMIT DROP;
+) ON COMMIT DELETE ROWS;
+DELETE FROM scoring_scored;
 """
 AWARDED_DDL = """
-DROP TABLE IF EXISTS scoring_awarded;
-CREATE TEMP TABLE scoring_awarded (
+CREATE TEMP TABLE IF NOT EXISTS scoring_awarded (
     lead_id bigint, activity_id bigint, rule_id bigint, points int
-) ON COMMIT DROP;
+) ON COMMIT DELETE ROWS;
+DELETE FROM scoring_awarded;
 """
+ANALYZE_MIN_ROWS = 500
 
 
 class Params(dict):
@@ -477,17 +483,19 @@ def score_into_temp_table(
     execute(SCORED_DDL)
     params = Params()
     select = scored_select(spec, old_spec or spec, leads, now, params)
-    execute(f"INSERT INTO scoring_scored ({SCORED_COLUMNS}) {select}", params)
-    # Temp tables have no statistics until analysed; the planner needs them to look rows
-    # up by index in the ledger instead of scanning it.
-    execute("ANALYZE scoring_scored")
+    scored = execute(f"INSERT INTO scoring_scored ({SCORED_COLUMNS}) {select}", params)
+    # Temp tables have no statistics until analysed. A rescore-all chunk's joins need
+    # them; a few leads' do not (the planner's guess from the table's size will do), and
+    # analysing on every event's rescore would churn pg_statistic.
+    if scored >= ANALYZE_MIN_ROWS:
+        execute("ANALYZE scoring_scored")
     if keep_awarded:
         execute(AWARDED_DDL)
         params = Params()
         columns = "lead_id, activity_id, rule_id, points"
         rows = awarded_rows_sql(spec, leads, params)
+        # Not analysed: its one reader looks each row up by index (a LATERAL join).
         execute(f"INSERT INTO scoring_awarded ({columns}) {rows}", params)
-        execute("ANALYZE scoring_awarded")
 
 
 # --- triggers -----------------------------------------------------------------------------

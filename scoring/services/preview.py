@@ -49,7 +49,6 @@ def preview_model(
         for leads in lead_sets(None):
             engine.score_into_temp_table(spec, leads, now, old_spec=current or spec)
             _collect(totals, sample_size)
-        engine.execute("DROP TABLE IF EXISTS scoring_scored")
     totals.samples.sort(key=lambda row: (-abs(row[2] - row[1]), row[0]))
     return _report(spec, current, totals, totals.samples[:sample_size])
 

@@ -212,9 +212,15 @@ def _write_event_ledger(spec: ModelSpec, now: datetime) -> None:
             FROM scoring_awarded aw
             JOIN leadops_activity a ON a.id = aw.activity_id
             JOIN scoring_behaviorrule r ON r.id = aw.rule_id
+            -- "not yet in the ledger", as a LATERAL lookup by index: written as NOT
+            -- EXISTS the planner may hash the whole ledger (scoring_awarded is not
+            -- analysed, so it cannot tell one row from thousands).
+            LEFT JOIN LATERAL (
+                SELECT true AS found FROM scoring_scorechange sc
+                WHERE sc.activity_id = aw.activity_id AND sc.reason = 'event' LIMIT 1
+            ) ledgered ON true
             WHERE a.received_at >= coalesce(%(since)s::timestamptz, '-infinity')
-              AND NOT EXISTS (SELECT 1 FROM scoring_scorechange sc
-                              WHERE sc.activity_id = aw.activity_id AND sc.reason = 'event')
+              AND ledgered.found IS NULL
             RETURNING lead_id, points
         ), ev_sum AS (SELECT lead_id, sum(points) AS points FROM ev GROUP BY lead_id)
         INSERT INTO scoring_scorechange ({LEDGER_COLUMNS})

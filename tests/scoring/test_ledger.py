@@ -111,3 +111,26 @@ def test_rescore_command_recomputes_every_lead(t0):
     assert "Rescored 1 leads" in out.getvalue()
     assert stored(lead)[0] == 10
     assert ledger(lead) == [("recalculation", "", 10)]
+
+
+def _scratch_table_oids() -> tuple[int, int]:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 'scoring_scored'::regclass::oid, 'scoring_awarded'::regclass::oid")
+        return cursor.fetchone()
+
+
+def test_event_rescores_reuse_the_scratch_tables_instead_of_recreating_them(t0):
+    # Creating and dropping them per rescore bloated the system catalogs under load.
+    lead = blank_lead()
+    event(lead, "page_view", t0, url=PRICING)
+    rescore_leads([lead.pk], now=t0)
+    tables = _scratch_table_oids()
+    event(lead, "email_open", t0 + timedelta(hours=1))
+    rescore_leads([lead.pk], now=t0 + timedelta(hours=1))
+
+    assert _scratch_table_oids() == tables
+    assert [row[2] for row in ledger(lead) if row[0] == "event"] == [30, 5]
+    lead.refresh_from_db()
+    assert lead.behavior_score == 35

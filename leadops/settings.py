@@ -239,6 +239,11 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
 
+# --- Scoring (scoring/services/rescoring.py) -------------------------------------------
+# Rescore-all (activation, demo, bench) runs this many chunks at once, one database
+# connection each: about the number of cores PostgreSQL may use for it (1: one by one).
+SCORING_PARALLEL_CHUNKS = env_int("SCORING_PARALLEL_CHUNKS", 2)
+
 # --- Hand-off notifications (handoff/notifications.py, handoff/webhooks.py) ------------
 # Absolute links in notification emails and webhook posts, e.g. https://leads.example.com.
 SITE_URL = os.environ.get("SITE_URL", "http://127.0.0.1:8000").rstrip("/")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -37,7 +38,13 @@ from scoring.models import (
     ScoringModel,
     TriggerRule,
 )
-from scoring.services.rescoring import RescoreResult, lead_sets, rescore_lead_set, rescore_leads
+from scoring.services.rescoring import (
+    RescoreResult,
+    lead_sets,
+    rescore_chunks,
+    rescore_lead_set,
+    rescore_leads,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -175,10 +182,11 @@ def run_activation_job(job_id: int, *, now: datetime | None = None) -> Activatio
         return None
     job = ActivationJob.objects.select_related("model", "previous_model").get(pk=job_id)
     now = now or timezone.now()
-    for leads in lead_sets(None, after=job.cursor):
-        with transaction.atomic():
-            result = _rescore_chunk(job, leads, now)
-            _record_progress(job, result, cursor=leads.high)
+    chunks = lead_sets(None, after=job.cursor)
+    # In chunk order, so the cursor only passes chunks that are done (a resumed job may
+    # redo one: rescoring is idempotent).
+    for leads, result in rescore_chunks(partial(_rescore_chunk, job, now=now), chunks):
+        _record_progress(job, result, cursor=leads.high)
     _catch_up(job, now)
     return _finish(job)
 
@@ -190,7 +198,7 @@ def _claim(job_id: int) -> bool:
     return started == 1
 
 
-def _rescore_chunk(job: ActivationJob, leads, now: datetime) -> RescoreResult:
+def _rescore_chunk(job: ActivationJob, leads, *, now: datetime) -> RescoreResult:
     return rescore_lead_set(
         leads,
         model=job.model,

@@ -17,10 +17,14 @@ in one transaction:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from functools import partial
 
+from django import db
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Max, Min
 from django.utils import timezone
@@ -35,7 +39,7 @@ from scoring.spec import ModelSpec, spec_for
 logger = logging.getLogger(__name__)
 
 ACTIVITIES_PER_CHUNK = 2_000_000  # a chunk's sort fits in SCORING_WORK_MEM
-MIN_RANGE_WIDTH = 20_000  # lead ids per rescore-all chunk (one transaction each), at least
+MIN_RANGE_WIDTH = 5_000  # lead ids per rescore-all chunk (one transaction each), at least
 ID_BATCH = 2_000  # explicit lead ids per transaction
 
 
@@ -79,15 +83,16 @@ def lead_sets(
 
 
 def _range_width(span: int) -> int:
-    # Each chunk reads the activity table once: few large chunks beat many small ones,
-    # as long as a chunk's activities sort in memory (~2M rows).
+    # Few large chunks beat many small ones (each has a fixed cost), as long as a chunk's
+    # activities sort in memory (~2M rows) and there are enough chunks to keep every
+    # parallel connection busy.
     activities = engine.fetch(
         "SELECT greatest(reltuples, 0)::bigint FROM pg_class "
         "WHERE oid = 'leadops_activity'::regclass"
     )[0][0]
-    if activities <= 0:
-        return max(span, MIN_RANGE_WIDTH)
-    return max(MIN_RANGE_WIDTH, span * ACTIVITIES_PER_CHUNK // activities)
+    by_memory = span * ACTIVITIES_PER_CHUNK // activities if activities > 0 else span
+    by_workers = -(-span // max(1, settings.SCORING_PARALLEL_CHUNKS))
+    return max(MIN_RANGE_WIDTH, min(by_memory, by_workers))
 
 
 def rescore_leads(
@@ -106,15 +111,48 @@ def rescore_leads(
     """
     now = now or timezone.now()
     reason = reason or (ChangeReason.EVENT if lead_ids is not None else ChangeReason.RECALCULATION)
+
+    def rescore(leads: LeadSet) -> RescoreResult:
+        return rescore_lead_set(
+            leads, model=model, previous_model=previous_model, now=now, reason=reason
+        )
+
     result = RescoreResult()
-    for leads in lead_sets(lead_ids):
-        with transaction.atomic():
-            result.add(
-                rescore_lead_set(
-                    leads, model=model, previous_model=previous_model, now=now, reason=reason
-                )
-            )
+    for _leads, chunk in rescore_chunks(rescore, lead_sets(lead_ids)):
+        result.add(chunk)
     return result
+
+
+def rescore_chunks(
+    rescore: Callable[[LeadSet], RescoreResult], chunks: Iterable[LeadSet]
+) -> Iterator[tuple[LeadSet, RescoreResult]]:
+    """Run `rescore` on each chunk in a transaction of its own; yield (chunk, result) in
+    chunk order.
+
+    One chunk's SQL keeps one CPU busy in one PostgreSQL backend, so a rescore-all runs
+    SCORING_PARALLEL_CHUNKS chunks at once, each on its own connection (a thread). The
+    chunks are disjoint id ranges locked in id order, so they never wait for each other.
+    Inside a caller's transaction the chunks run one after another in it: other
+    connections could not see its uncommitted rows.
+    """
+    workers = settings.SCORING_PARALLEL_CHUNKS
+    if workers <= 1 or transaction.get_connection().in_atomic_block:
+        for leads in chunks:
+            with transaction.atomic():
+                yield leads, rescore(leads)
+        return
+    chunks = list(chunks)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rescore") as pool:
+        results = pool.map(partial(_in_own_connection, rescore), chunks)
+        yield from zip(chunks, results, strict=True)
+
+
+def _in_own_connection(rescore: Callable[[LeadSet], RescoreResult], leads: LeadSet):
+    try:
+        with transaction.atomic():
+            return rescore(leads)
+    finally:
+        db.connections.close_all()  # this thread's connection: threads do not reuse them
 
 
 def rescore_lead_set(

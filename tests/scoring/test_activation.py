@@ -188,8 +188,8 @@ def test_an_event_scored_with_the_old_model_during_activation_is_caught_up(t0, m
     job = activate_model(draft)
     real_chunk = lifecycle._rescore_chunk
 
-    def chunk_then_race(job, leads_set, now):
-        result = real_chunk(job, leads_set, now)
+    def chunk_then_race(job, leads_set, *, now):
+        result = real_chunk(job, leads_set, now=now)
         # An event rescore that read the old model just before the switch commits now.
         event(leads[1], "page_view", now, **PRICING)
         rescore_leads([leads[1].pk], model=old, now=now)

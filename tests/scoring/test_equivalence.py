@@ -188,3 +188,34 @@ def test_ledger_adds_up_to_the_score_through_any_sequence_of_rescores(seed):
     for lead in Lead.objects.filter(pk__in=[x.pk for x in leads]):
         points = ScoreChange.objects.filter(lead=lead).values_list("points", flat=True)
         assert sum(points) == lead.score
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rescore_all_in_parallel_chunks_equals_the_reference(settings, monkeypatch):
+    # Outside a caller's transaction, rescore-all runs chunks on several connections.
+    from scoring.services import rescoring
+
+    settings.SCORING_PARALLEL_CHUNKS = 2
+    monkeypatch.setattr(rescoring, "MIN_RANGE_WIDTH", 4)
+    threads = set()
+    run_chunk = rescoring._in_own_connection
+
+    def spy(rescore, leads):
+        import threading
+
+        threads.add(threading.current_thread().name)
+        return run_chunk(rescore, leads)
+
+    monkeypatch.setattr(rescoring, "_in_own_connection", spy)
+    rng = random.Random(7)
+    model = random_model(rng)
+    leads = [random_lead(rng) for _ in range(25)]
+    for lead in leads:
+        add_random_events(rng, lead)
+    now = START + timedelta(days=150)
+
+    result = rescore_leads(None, model=model, now=now)
+
+    assert result.leads == 25
+    assert len(threads) == 2 and all(name.startswith("rescore") for name in threads)
+    assert_equal_to_reference(leads, model, now)

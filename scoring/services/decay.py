@@ -2,19 +2,20 @@
 
 It needs no events: the state row holds the behaviour score as it stood at the last
 activity, so the score now is that × 0.5^(quiet time past the grace / half-life), the
-same formula the rescore uses. One UPDATE per id range, one ledger row per changed lead.
+same formula the rescore uses. One UPDATE per id range (ranges in parallel, like
+rescore-all), one ledger row per changed lead.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from functools import partial
 
-from django.db import transaction
 from django.utils import timezone
 
 from scoring import engine
 from scoring.engine import LeadSet, Params
-from scoring.services.rescoring import LEDGER_COLUMNS, lead_sets
+from scoring.services.rescoring import LEDGER_COLUMNS, lead_sets, map_chunks
 from scoring.spec import ModelSpec, active_spec, epoch_us_sql
 
 DECAY_RANGE_WIDTH = 200_000
@@ -26,14 +27,11 @@ def apply_decay(*, now: datetime | None = None) -> int:
     spec = active_spec()
     if spec is None:
         return 0
-    changed = 0
-    for leads in lead_sets(None, width=DECAY_RANGE_WIDTH):
-        with transaction.atomic():
-            changed += _decay(spec, leads, now)
-    return changed
+    chunks = lead_sets(None, width=DECAY_RANGE_WIDTH)
+    return sum(changed for _leads, changed in map_chunks(partial(_decay, spec, now=now), chunks))
 
 
-def _decay(spec: ModelSpec, leads: LeadSet, now: datetime) -> int:
+def _decay(spec: ModelSpec, leads: LeadSet, *, now: datetime) -> int:
     params = Params(
         version=spec.version,
         now=now,

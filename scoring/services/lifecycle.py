@@ -41,7 +41,7 @@ from scoring.models import (
 from scoring.services.rescoring import (
     RescoreResult,
     lead_sets,
-    rescore_chunks,
+    map_chunks,
     rescore_lead_set,
     rescore_leads,
 )
@@ -185,7 +185,7 @@ def run_activation_job(job_id: int, *, now: datetime | None = None) -> Activatio
     chunks = lead_sets(None, after=job.cursor)
     # In chunk order, so the cursor only passes chunks that are done (a resumed job may
     # redo one: rescoring is idempotent).
-    for leads, result in rescore_chunks(partial(_rescore_chunk, job, now=now), chunks):
+    for leads, result in map_chunks(partial(_rescore_chunk, job, now=now), chunks):
         _record_progress(job, result, cursor=leads.high)
     _catch_up(job, now)
     return _finish(job)

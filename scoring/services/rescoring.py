@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from functools import partial
+from typing import TypeVar
 
 from django import db
 from django.conf import settings
@@ -37,6 +38,7 @@ from scoring.models import ChangeReason, ScoringModel
 from scoring.spec import ModelSpec, spec_for
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ACTIVITIES_PER_CHUNK = 2_000_000  # a chunk's sort fits in SCORING_WORK_MEM
 MIN_RANGE_WIDTH = 5_000  # lead ids per rescore-all chunk (one transaction each), at least
@@ -77,7 +79,8 @@ def lead_sets(
     bounds = Lead.objects.filter(id__gt=after).aggregate(low=Min("id"), high=Max("id"))
     if bounds["low"] is None:
         return
-    width = width or _range_width(bounds["high"] - bounds["low"] + 1)
+    span = bounds["high"] - bounds["low"] + 1
+    width = min(width, _per_worker(span)) if width else _range_width(span)
     for low in range(bounds["low"], bounds["high"] + 1, width):
         yield LeadSet(low=low, high=min(low + width - 1, bounds["high"]))
 
@@ -91,8 +94,12 @@ def _range_width(span: int) -> int:
         "WHERE oid = 'leadops_activity'::regclass"
     )[0][0]
     by_memory = span * ACTIVITIES_PER_CHUNK // activities if activities > 0 else span
-    by_workers = -(-span // max(1, settings.SCORING_PARALLEL_CHUNKS))
-    return max(MIN_RANGE_WIDTH, min(by_memory, by_workers))
+    return max(MIN_RANGE_WIDTH, min(by_memory, _per_worker(span)))
+
+
+def _per_worker(span: int) -> int:
+    """The widest chunk that still gives every parallel connection one."""
+    return -(-span // max(1, settings.SCORING_PARALLEL_CHUNKS))
 
 
 def rescore_leads(
@@ -118,39 +125,39 @@ def rescore_leads(
         )
 
     result = RescoreResult()
-    for _leads, chunk in rescore_chunks(rescore, lead_sets(lead_ids)):
+    for _leads, chunk in map_chunks(rescore, lead_sets(lead_ids)):
         result.add(chunk)
     return result
 
 
-def rescore_chunks(
-    rescore: Callable[[LeadSet], RescoreResult], chunks: Iterable[LeadSet]
-) -> Iterator[tuple[LeadSet, RescoreResult]]:
-    """Run `rescore` on each chunk in a transaction of its own; yield (chunk, result) in
+def map_chunks(
+    work: Callable[[LeadSet], T], chunks: Iterable[LeadSet]
+) -> Iterator[tuple[LeadSet, T]]:
+    """Run `work` on each chunk in a transaction of its own; yield (chunk, result) in
     chunk order.
 
-    One chunk's SQL keeps one CPU busy in one PostgreSQL backend, so a rescore-all runs
-    SCORING_PARALLEL_CHUNKS chunks at once, each on its own connection (a thread). The
-    chunks are disjoint id ranges locked in id order, so they never wait for each other.
-    Inside a caller's transaction the chunks run one after another in it: other
-    connections could not see its uncommitted rows.
+    One chunk's SQL keeps one CPU busy in one PostgreSQL backend, so a pass over every
+    lead (rescore-all, decay) runs SCORING_PARALLEL_CHUNKS chunks at once, each on its
+    own connection (a thread). The chunks are disjoint id ranges locked in id order, so
+    they never wait for each other. Inside a caller's transaction the chunks run one
+    after another in it: other connections could not see its uncommitted rows.
     """
     workers = settings.SCORING_PARALLEL_CHUNKS
     if workers <= 1 or transaction.get_connection().in_atomic_block:
         for leads in chunks:
             with transaction.atomic():
-                yield leads, rescore(leads)
+                yield leads, work(leads)
         return
     chunks = list(chunks)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rescore") as pool:
-        results = pool.map(partial(_in_own_connection, rescore), chunks)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chunk") as pool:
+        results = pool.map(partial(_in_own_connection, work), chunks)
         yield from zip(chunks, results, strict=True)
 
 
-def _in_own_connection(rescore: Callable[[LeadSet], RescoreResult], leads: LeadSet):
+def _in_own_connection(work: Callable[[LeadSet], T], leads: LeadSet) -> T:
     try:
         with transaction.atomic():
-            return rescore(leads)
+            return work(leads)
     finally:
         db.connections.close_all()  # this thread's connection: threads do not reuse them
 

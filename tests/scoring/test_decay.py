@@ -153,3 +153,20 @@ def test_decay_runs_daily_from_beat():
     entry = BEAT_SCHEDULE["scoring-decay-daily"]
     assert entry["task"] == "scoring.tasks.decay_scores"
     assert entry["schedule"].hour == {3}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_decay_pass_in_parallel_chunks_decays_every_lead_once(t0, settings):
+    # Outside a transaction the pass runs id ranges on several connections at once.
+    settings.SCORING_PARALLEL_CHUNKS = 2
+    leads = [blank_lead() for _ in range(6)]
+    for lead in leads:
+        event(lead, "page_view", t0, url=PRICING)
+    rescore_leads([lead.pk for lead in leads], now=t0)
+
+    changed = apply_decay(now=t0 + timedelta(days=60))
+
+    assert changed == 6
+    assert [stored(lead)[1] for lead in leads] == [15] * 6  # one half-life past the grace
+    assert ScoreChange.objects.filter(reason="decay").count() == 6
+    assert apply_decay(now=t0 + timedelta(days=60)) == 0

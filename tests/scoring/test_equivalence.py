@@ -217,5 +217,5 @@ def test_rescore_all_in_parallel_chunks_equals_the_reference(settings, monkeypat
     result = rescore_leads(None, model=model, now=now)
 
     assert result.leads == 25
-    assert len(threads) == 2 and all(name.startswith("rescore") for name in threads)
+    assert len(threads) == 2 and all(name.startswith("chunk") for name in threads)
     assert_equal_to_reference(leads, model, now)

@@ -42,6 +42,7 @@ from handoff import services
 from handoff.models import Handoff, HandoffKind, HandoffStatus, SlaState
 from handoff.serializers import (
     QUEUE_COLUMNS,
+    ActionSerializer,
     AssignSerializer,
     BantBodySerializer,
     ContactSerializer,
@@ -293,6 +294,7 @@ class HandoffViewSet(viewsets.GenericViewSet):
     @action(detail=True, methods=["post"])
     def claim(self, request: Request, pk: str | None = None) -> Response:
         handoff = self._first_contact()
+        _body(ActionSerializer, request)  # takes no field: any key sent is refused by name
         with service_errors():
             services.claim_handoff(handoff.pk, actor=request.user)
         return self._answer(handoff.pk)
@@ -414,6 +416,7 @@ class LeadAnswerViewSet(viewsets.GenericViewSet):
     @action(detail=True, methods=["post"])
     def accept(self, request: Request, pk: str | None = None) -> Response:
         lead = self.get_object()
+        _body(ActionSerializer, request)  # takes no field: any key sent is refused by name
         with service_errors():
             services.accept_sql(lead.pk, actor=request.user)
         return self._answer(lead.pk)

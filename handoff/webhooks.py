@@ -20,11 +20,13 @@ environment: production cannot turn it on by accident.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
 import json
 import socket
 import ssl
+import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -248,6 +250,9 @@ def post_webhook(url: str, payload: Mapping[str, Any], *, timeout: float | None 
         _PinnedHTTPSConnection if parts.scheme.lower() == "https" else _PinnedHTTPConnection
     )
     conn = connection_class(parts.hostname or "", _port(parts), ip=addresses[0], timeout=timeout)
+    # The socket timeout bounds each read; this bounds the whole post, so a receiver
+    # trickling its answer a byte at a time cannot hold a worker for longer.
+    deadline = _Deadline(conn, timeout)
     try:
         conn.request(
             "POST",
@@ -257,18 +262,45 @@ def post_webhook(url: str, payload: Mapping[str, Any], *, timeout: float | None 
         )
         response = conn.getresponse()
         _check_response(response)
-    except TimeoutError as exc:
-        raise DeliveryError(_("The webhook did not answer in time."), retryable=True) from exc
-    except ssl.SSLError as exc:
-        raise DeliveryError(
-            _("TLS error talking to the webhook: %(error)s") % {"error": exc}, retryable=True
-        ) from exc
     except (OSError, http.client.HTTPException) as exc:
-        raise DeliveryError(
-            _("Could not reach the webhook: %(error)s") % {"error": exc}, retryable=True
-        ) from exc
+        raise _transport_error(exc, timed_out=deadline.expired) from exc
     finally:
+        deadline.cancel()
         conn.close()
+
+
+def _transport_error(exc: Exception, *, timed_out: bool) -> DeliveryError:
+    if timed_out or isinstance(exc, TimeoutError):
+        return DeliveryError(_("The webhook did not answer in time."), retryable=True)
+    if isinstance(exc, ssl.SSLError):
+        return DeliveryError(
+            _("TLS error talking to the webhook: %(error)s") % {"error": exc}, retryable=True
+        )
+    return DeliveryError(
+        _("Could not reach the webhook: %(error)s") % {"error": exc}, retryable=True
+    )
+
+
+class _Deadline:
+    """Shuts the connection's socket down when `seconds` have passed: a read blocked on
+    it returns at once, and the post fails as timed out."""
+
+    def __init__(self, conn: http.client.HTTPConnection, seconds: float) -> None:
+        self.expired = False
+        self._conn = conn
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _expire(self) -> None:
+        self.expired = True
+        sock = self._conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
 
 
 def _check_response(response: http.client.HTTPResponse) -> None:

@@ -55,6 +55,7 @@ from leadops.serializers import (
     event_items_from,
 )
 from leadops.services import upsert_lead
+from leadops.throttling import IngestRateThrottle
 
 ERROR_RESPONSES = {
     400: OpenApiResponse(description="Invalid input: messages per field, and a `detail`."),
@@ -112,6 +113,11 @@ class LeadCursorPagination(CursorPagination):
     page_size_query_param = "page_size"
     max_page_size = 200
 
+    def get_page_size(self, request: Request) -> int:
+        # DRF falls back to the default on a bad value; a caller should hear about it.
+        _page_size(request)
+        return super().get_page_size(request)
+
 
 @extend_schema_view(
     list=extend_schema(
@@ -130,6 +136,7 @@ class LeadViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
     pagination_class = LeadCursorPagination
     permission_classes = (IsAuthenticated, CanWriteLeads)
     parser_classes = (JSONBodyParser,)
+    throttle_classes = (IngestRateThrottle,)  # counts the create-or-update POSTs only
 
     def get_queryset(self) -> QuerySet[Lead]:
         if getattr(self, "swagger_fake_view", False):  # schema generation: no user
@@ -274,10 +281,11 @@ def _after(source: TimelineSource, cursor: Position) -> Q:
 
 
 def _page_size(request: Request) -> int:
+    """`page_size` clamped to 1–200 (default 50); a value that is not a number is a 400."""
     try:
         return min(max(int(request.query_params.get("page_size", 50)), 1), 200)
     except ValueError:
-        return 50
+        raise ValidationError({"page_size": [_("Send a whole number from 1 to 200.")]}) from None
 
 
 def _encode_cursor(position: Position) -> str:
@@ -308,6 +316,7 @@ def _decode_cursor(request: Request) -> Position | None:
 class EventsView(APIView):
     permission_classes = (IsAuthenticated, CanWriteLeads)
     parser_classes = (JSONBodyParser,)
+    throttle_classes = (IngestRateThrottle,)
 
     @extend_schema(
         summary="Send behaviour events: one, or a batch of up to 1,000",

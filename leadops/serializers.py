@@ -7,6 +7,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
+from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
@@ -149,6 +150,33 @@ LEAD_INPUT_FIELDS = ("email", "company", *WRITABLE_LEAD_FIELDS)
 READ_ONLY_LEAD_FIELDS = tuple(f for f in LeadSerializer.Meta.fields if f not in LEAD_INPUT_FIELDS)
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """JSON true or false only: DRF's BooleanField also takes "yes", 0, "off"…, so a
+    caller sending `"consent": "no"` or 0 by mistake would silently record a choice."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if isinstance(data, bool):
+            return data
+        self.fail("invalid", input=data)
+
+
+class StrictCharField(serializers.CharField):
+    """Text only: DRF's CharField also turns numbers into text, which hides a caller's
+    mix-up of fields (an id sent as `source`) instead of naming it."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictEmailField(serializers.EmailField):
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class LeadWriteSerializer(serializers.ModelSerializer):
     """Body of `POST /leads/`: create, or update the fields sent of the lead with this email.
 
@@ -156,9 +184,17 @@ class LeadWriteSerializer(serializers.ModelSerializer):
     thinks they set `score` or `stage` hears that they did not.
     """
 
-    company = serializers.CharField(
+    company = StrictCharField(
         max_length=200, allow_blank=True, required=False, help_text=gettext_lazy("Account name.")
     )
+
+    serializer_field_mapping = {
+        **serializers.ModelSerializer.serializer_field_mapping,
+        models.BooleanField: StrictBooleanField,
+        models.CharField: StrictCharField,
+        models.TextField: StrictCharField,
+        models.EmailField: StrictEmailField,
+    }
 
     class Meta:
         model = Lead

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -43,6 +45,23 @@ def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
+RATE_PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600}
+RATE_PERIODS |= {"hour": 3600, "d": 86400, "day": 86400}
+
+
+def env_rate(name: str, default: str) -> tuple[int, int] | None:
+    """A rate such as "120000/min" as (120000, 60) (per s, min, hour, day); "off": None."""
+    value = (os.environ.get(name) or default).strip().lower()
+    if value == "off":
+        return None
+    match = re.fullmatch(r"(\d+)\s*/\s*([a-z]+)", value)
+    if not match or match.group(2) not in RATE_PERIODS or int(match.group(1)) < 1:
+        raise ImproperlyConfigured(
+            f"{name} must look like 120000/min (per s, min, hour or day) or be off, not {value!r}."
+        )
+    return int(match.group(1)), RATE_PERIODS[match.group(2)]
+
+
 DEBUG = env_bool("DEBUG", True)
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
@@ -67,6 +86,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_htmx",
+    "csp",
+    "axes",
     "leadops",
     "scoring",
     "handoff",
@@ -75,6 +96,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
@@ -85,6 +107,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last: turns a login refused by the lock-out into its 429 page (leadops.lockout).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "leadops.urls"
@@ -184,6 +208,27 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 4
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_EXPIRES = 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Redis down or hanging (stopped, a network partition) must not hang a web request: every
+# client of it answers or fails within this many seconds. Ingest then rescores inline,
+# notifications wait for the retry scan, the cache is skipped (docs/operations.md).
+REDIS_TIMEOUT_SECONDS = env_int("REDIS_TIMEOUT_SECONDS", 2)
+CELERY_BROKER_CONNECTION_TIMEOUT = REDIS_TIMEOUT_SECONDS
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "socket_timeout": REDIS_TIMEOUT_SECONDS,
+    "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
+}
+# A publish gives up after one quick retry: callers have a fallback (see above).
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
+}
+CELERY_REDIS_SOCKET_TIMEOUT = REDIS_TIMEOUT_SECONDS
+CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = REDIS_TIMEOUT_SECONDS
+# A rescore batch claimed longer ago than this is taken to belong to a dead worker and
+# is put back in the queue by the sweep (rescoring twice is harmless, only slower).
+SCORING_DRAIN_LEASE_SECONDS = env_int("SCORING_DRAIN_LEASE_SECONDS", 120)
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULE_FILENAME = str(BASE_DIR / "var" / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
@@ -198,6 +243,10 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": redis_url(),
         "KEY_PREFIX": "leadops",
+        "OPTIONS": {
+            "socket_timeout": REDIS_TIMEOUT_SECONDS,
+            "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
+        },
     }
 }
 
@@ -230,6 +279,51 @@ SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 # The health endpoints are probed over plain HTTP from inside the network.
 SECURE_REDIRECT_EXEMPT = [r"^healthz/$", r"^health/$"]
+
+# Content-Security-Policy on every response (django-csp): scripts and styles only from
+# our own static files, no inline script or style, no framing, forms post only here.
+# Pages keep their JavaScript and CSS in static/ (tests/security/test_headers.py checks).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        # data: for the icons Swagger UI and the admin draw as inline SVG data URLs.
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+
+# Login lock-out (django-axes, leadops.lockout): failed logins are counted per username
+# and client address (in Redis); past the limit that pair waits out the cool-off (429).
+AUTHENTICATION_BACKENDS = [
+    "leadops.lockout.LoginLockoutBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"
+AXES_FAILURE_LIMIT = env_int("LEADOPS_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("LEADOPS_LOGIN_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "leadops.lockout.client_ip"
+AXES_LOCKOUT_CALLABLE = "leadops.lockout.lockout_response"
+# The cache handler writes no attempt rows: nothing for the admin to list.
+AXES_ENABLE_ADMIN = False
+AXES_VERBOSE = False  # no banner on every manage.py command; failures are still logged
+if AXES_FAILURE_LIMIT < 1 or AXES_COOLOFF_TIME.total_seconds() < 60:
+    raise ImproperlyConfigured(
+        "LEADOPS_LOGIN_FAILURE_LIMIT and LEADOPS_LOGIN_COOLOFF_MINUTES must be 1 or more."
+    )
+
+# API ingest rate per token (leadops.throttling): POST /api/v1/leads/ and /api/v1/events/.
+# Generous by default (2,000 requests a second on average over a minute): a runaway
+# integration is stopped, a busy one is not. "off" removes the limit.
+LEADOPS_API_INGEST_RATE = env_rate("LEADOPS_API_INGEST_RATE", "120000/min")
 
 LOGGING = {
     "version": 1,

@@ -532,7 +532,10 @@ def send_rate_per_minute() -> int:
 
 @lru_cache(maxsize=1)
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(redis_url())
+    # Bounded like every Redis client (settings.REDIS_TIMEOUT_SECONDS): a hung Redis
+    # must not hold the send cycle; on an error the budget falls back to the rate.
+    timeout = settings.REDIS_TIMEOUT_SECONDS
+    return redis.Redis.from_url(redis_url(), socket_timeout=timeout, socket_connect_timeout=timeout)
 
 
 def take_send_budget(wanted: int, *, now: datetime | None = None) -> int:

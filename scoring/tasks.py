@@ -15,22 +15,43 @@ BEAT_SCHEDULE = {
         "task": "scoring.tasks.decay_scores",
         "schedule": crontab(hour=3, minute=30),
     },
-    # A safety net: leads left in the dirty set by a worker that died mid-drain.
-    "scoring-drain-dirty-leads": {
-        "task": "scoring.tasks.rescore_dirty_leads",
-        "schedule": 300.0,
+    # The safety net: batches of a worker that died mid-drain, leads marked dirty in a
+    # Redis that lost its data, a drain task lost with the broker (see services/queue.py).
+    "scoring-recover-dirty-leads": {
+        "task": "scoring.tasks.recover_dirty_leads",
+        "schedule": 60.0,
+        "options": {"expires": 55},
     },
 }
 
 
 @shared_task(
-    autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5, ignore_result=True
+    bind=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    max_retries=5,
+    ignore_result=True,
 )
-def rescore_dirty_leads() -> int:
-    """Rescore a batch of leads marked dirty by events or edits; re-enqueues while any remain."""
+def rescore_dirty_leads(self) -> int:
+    """Rescore a batch of leads marked dirty by events or edits; re-enqueues while any remain.
+
+    The task id names the batch in flight: redelivered after its worker died, the task
+    takes back the batch its first run had claimed.
+    """
     from scoring.services import drain_dirty_leads
 
-    return drain_dirty_leads()
+    return drain_dirty_leads(task_id=self.request.id)
+
+
+@shared_task(
+    autoretry_for=(OperationalError,), retry_backoff=True, max_retries=3, ignore_result=True
+)
+def recover_dirty_leads() -> int:
+    """Beat, every minute: put back batches of dead workers and, after Redis lost its
+    data, re-mark recently active leads; enqueue a drain when leads are waiting."""
+    from scoring.services.queue import recover_dirty_leads as recover
+
+    return recover()
 
 
 @shared_task(bind=True, max_retries=5, ignore_result=True)

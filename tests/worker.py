@@ -76,15 +76,15 @@ def worker_database_url() -> str:
     return urlunsplit(parts._replace(path="/" + quote(connection.settings_dict["NAME"])))
 
 
-def _clear_default_queue() -> None:
-    redis.Redis.from_url(redis_url()).delete(app.conf.task_default_queue)
+def _clear_default_queue(url: str | None = None) -> None:
+    redis.Redis.from_url(url or redis_url()).delete(app.conf.task_default_queue)
 
 
-def _start_node(node: str, log_path: Path) -> subprocess.Popen:
+def _start_node(node: str, log_path: Path, broker_url: str) -> subprocess.Popen:
     env = {
         **os.environ,
         "DATABASE_URL": worker_database_url(),
-        "REDIS_URL": redis_url(),
+        "REDIS_URL": broker_url,
         "DJANGO_SETTINGS_MODULE": "leadops.settings",
         "PYTHONUNBUFFERED": "1",
     }
@@ -102,7 +102,7 @@ def _start_node(node: str, log_path: Path) -> subprocess.Popen:
         )  # fmt: skip
 
 
-def _wait_until_answering(workers: CeleryWorkers) -> None:
+def _wait_until_answering(workers: CeleryWorkers, broker_url: str) -> None:
     """Return once every node answers a ping; fail (never skip) if one dies or is silent."""
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
@@ -112,6 +112,15 @@ def _wait_until_answering(workers: CeleryWorkers) -> None:
                     f"Celery worker exited with {process.returncode} on start:\n"
                     + workers.log_tail()
                 )
+        if broker_url != redis_url():
+            # Another broker (a fault test's own Redis): the node's log says it is ready.
+            if all(
+                f"{node} ready." in path.read_text(errors="replace")
+                for node, path in zip(workers.nodes, workers.log_paths, strict=True)
+            ):
+                return
+            time.sleep(0.2)
+            continue
         replies = app.control.ping(destination=workers.nodes, timeout=1.0)
         if set(workers.nodes) <= {node for reply in replies for node in reply}:
             return
@@ -133,20 +142,33 @@ def _stop(process: subprocess.Popen) -> None:
     process.wait(timeout=STOP_TIMEOUT_SECONDS)
 
 
-@pytest.fixture
-def celery_worker_process(transactional_db, tmp_path: Path) -> Iterator[CeleryWorkers]:
-    """Real `celery -A leadops worker` processes on the test database and the suite's Redis."""
-    _clear_default_queue()
+@contextlib.contextmanager
+def running_workers(
+    log_dir: Path, *, broker_url: str | None = None, nodes: int = WORKER_NODES
+) -> Iterator[CeleryWorkers]:
+    """Worker nodes on the test database and `broker_url` (default: the suite's Redis),
+    answering pings when entered, stopped on exit. The environment of the test process
+    is passed on (tests set extra variables with monkeypatch.setenv)."""
+    broker_url = broker_url or redis_url()
+    _clear_default_queue(broker_url)
     run = uuid.uuid4().hex[:8]
-    nodes = [f"test-{run}-{i}@{socket.gethostname()}" for i in range(WORKER_NODES)]
-    log_paths = [tmp_path / f"celery-worker-{i}.log" for i in range(WORKER_NODES)]
-    workers = CeleryWorkers(nodes=nodes, processes=[], log_paths=log_paths)
+    names = [f"test-{run}-{i}@{socket.gethostname()}" for i in range(nodes)]
+    log_paths = [log_dir / f"celery-worker-{run}-{i}.log" for i in range(nodes)]
+    workers = CeleryWorkers(nodes=names, processes=[], log_paths=log_paths)
     try:
-        for node, log_path in zip(nodes, log_paths, strict=True):
-            workers.processes.append(_start_node(node, log_path))
-        _wait_until_answering(workers)
+        for node, log_path in zip(names, log_paths, strict=True):
+            workers.processes.append(_start_node(node, log_path, broker_url))
+        _wait_until_answering(workers, broker_url)
         yield workers
     finally:
         for process in workers.processes:
             _stop(process)
-        _clear_default_queue()
+        with contextlib.suppress(redis.RedisError):
+            _clear_default_queue(broker_url)
+
+
+@pytest.fixture
+def celery_worker_process(transactional_db, tmp_path: Path) -> Iterator[CeleryWorkers]:
+    """Real `celery -A leadops worker` processes on the test database and the suite's Redis."""
+    with running_workers(tmp_path) as workers:
+        yield workers

@@ -174,6 +174,30 @@ def behavior_sum_seconds(*, decayed: bool) -> float:
     return seconds
 
 
+def behavior_write_seconds() -> float:
+    """Seconds of the decayed aggregate written where a rescore must write it: the leads'
+    behaviour and total score columns (with their indexes), rolled back afterwards.
+
+    The scratch-table figure above is the aggregate alone; storing a score in
+    `leadops_lead` also updates its indexes (stage + score, temperature, …), which any
+    rescore pays, so this is the like-for-like floor of rescore-all.
+    """
+    values, params = _behavior_values()
+    params.update(_decay_params())
+    select = DECAYED_SUM_SQL.format(values=values)
+    with transaction.atomic(), connection.cursor() as cursor:
+        started = time.perf_counter()
+        cursor.execute(
+            f"UPDATE leadops_lead l SET behavior_score = p.points, "
+            f"score = l.attribute_score + p.points FROM ({select}) AS p (lead_id, points) "
+            "WHERE l.id = p.lead_id",
+            params,
+        )
+        seconds = time.perf_counter() - started
+        transaction.set_rollback(True)
+    return seconds
+
+
 def _decay_params() -> dict:
     from scoring.spec import active_spec, to_us
 

@@ -7,6 +7,7 @@ falls behind shows it in p95 instead of quietly lowering the offered rate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -42,12 +43,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_gunicorn(env: dict, port: int, workers: int = 3, threads: int = 4) -> subprocess.Popen:
+def start_gunicorn(
+    env: dict,
+    port: int,
+    workers: int = 3,
+    threads: int = 4,
+    app: str = "leadops.wsgi:application",
+) -> subprocess.Popen:
     command = [
         sys.executable,
         "-m",
         "gunicorn",
-        "leadops.wsgi:application",
+        app,
         "--bind",
         f"127.0.0.1:{port}",
         "--workers",
@@ -70,21 +77,24 @@ def start_gunicorn(env: dict, port: int, workers: int = 3, threads: int = 4) -> 
     return process
 
 
-def start_celery(env: dict, concurrency: int = 2) -> subprocess.Popen:
-    """A real Celery worker in its own process group, stopped with `stop_process`."""
+def start_celery(env: dict, concurrency: int = 2, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+    """A real Celery worker in its own process group, stopped with `stop_process`;
+    `extra` are more worker options (e.g. -Q queue, -I module)."""
     command = [sys.executable, "-m", "celery", "-A", "leadops", "--quiet", "worker"]
     command += ["--concurrency", str(concurrency), "-l", "warning", "--without-heartbeat"]
-    command += ["--without-gossip", "--without-mingle"]
+    command += ["--without-gossip", "--without-mingle", *extra]
     return subprocess.Popen(command, env=env, start_new_session=True)
 
 
 def stop_process(process: subprocess.Popen) -> None:
+    """SIGTERM to the main process (gunicorn's and Celery's graceful stop: they stop their
+    own children), then SIGKILL to whatever of its process group is left."""
     if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):  # else the whole group is gone
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def _wait_until_up(port: int, process: subprocess.Popen, seconds: float = 30) -> None:
@@ -121,7 +131,8 @@ async def _open_loop(url, token, bodies, rate, method, concurrency, on_sent=None
             async with limit:
                 if on_sent:
                     on_sent(index, due, time.perf_counter())
-                async with session.request(method, url, data=body) as response:
+                target = url[index] if isinstance(url, list) else url
+                async with session.request(method, target, data=body) as response:
                     await response.read()
                     statuses[response.status] = statuses.get(response.status, 0) + 1
                     if response.status < 300:
@@ -140,7 +151,7 @@ async def _open_loop(url, token, bodies, rate, method, concurrency, on_sent=None
 
 
 def open_loop(
-    url: str,
+    url: str | list[str],
     token: str,
     bodies: list,
     *,
@@ -149,7 +160,8 @@ def open_loop(
     concurrency: int = 64,
     on_sent: Callable[[int, float, float], None] | None = None,
 ) -> LoadResult:
-    """Send `bodies` at `rate` per second (open loop); None bodies for GETs.
+    """Send `bodies` at `rate` per second (open loop); None bodies for GETs. `url` may
+    be a list: one URL per request.
 
     `on_sent(index, due, sent)` is called as each request goes out (perf_counter times).
     """
@@ -161,3 +173,59 @@ def closed_loop(
 ) -> LoadResult:
     """Send `bodies` as fast as `concurrency` clients can: the throughput ceiling."""
     return asyncio.run(_open_loop(url, token, bodies, 1e9, method, concurrency))
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request of a sequential run: path (under the base URL), headers, body."""
+
+    method: str
+    path: str
+    headers: dict
+    body: bytes | None = None
+
+
+async def _sequential(base: str, requests: list[Request], warm_up: int, on_start) -> LoadResult:
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    connector = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        start = time.perf_counter()
+        for index, request in enumerate(requests):
+            if index == warm_up:
+                if on_start:
+                    on_start()
+                start = time.perf_counter()
+            sent = time.perf_counter()
+            async with session.request(
+                request.method,
+                base + request.path,
+                headers=request.headers,
+                data=request.body,
+                allow_redirects=False,
+            ) as response:
+                await response.read()
+            if index >= warm_up:
+                statuses[response.status] = statuses.get(response.status, 0) + 1
+                if response.status < 400:
+                    latencies.append((time.perf_counter() - sent) * 1000)
+        seconds = time.perf_counter() - start
+    measured = max(0, len(requests) - warm_up)
+    return LoadResult(
+        measured,
+        len(latencies),
+        seconds,
+        percentile(latencies, 0.5),
+        percentile(latencies, 0.95),
+        statuses,
+    )
+
+
+def sequential(
+    base: str, requests: list[Request], *, warm_up: int = 20, on_start=None
+) -> LoadResult:
+    """Send `requests` one after another on one keep-alive connection: each request's own
+    latency, from sending it to its last byte, with no queue of the load generator's
+    making. The first `warm_up` are not counted (`on_start()` is called after them).
+    Redirects are not followed; a status below 400 counts as answered."""
+    return asyncio.run(_sequential(base, requests, warm_up, on_start))

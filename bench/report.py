@@ -15,7 +15,9 @@ rewritten by the run that produced it; the prose around them is kept.
 
 def write_report(path: Path, *, size_name: str, size: dict, table: str) -> None:
     text = path.read_text() if path.exists() else HEADER
-    command = "make bench" if size_name == "small" else 'make bench BENCH_ARGS="--size full"'
+    command = (
+        "make bench" if size_name == "small" else f'make bench BENCH_ARGS="--size {size_name}"'
+    )
     block = (
         f"<!-- bench:{size_name} -->\n"
         f"### Size `{size_name}`: {size['leads']:,} leads, {size['events']:,} events\n\n"

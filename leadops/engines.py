@@ -16,7 +16,12 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import redis
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("LEADOPS_VAR_DIR", BASE_DIR / "var"))
@@ -38,6 +43,25 @@ def database_url() -> str:
 
 def redis_url() -> str:
     return os.environ.get("REDIS_URL") or EMBEDDED_REDIS_URL
+
+
+@lru_cache(maxsize=8)
+def bounded_redis(timeout: float, *, retries: int = 1) -> redis.Redis:
+    """A Redis client (one per process and timeout) that connects and answers within
+    `timeout` seconds or raises: a web request or a task never hangs on a Redis that is
+    down or stopped, and each caller has its fallback. `retries` covers a connection
+    Redis closed while idle (restarted); a timeout is not retried, it would only double
+    the wait."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(
+        redis_url(),
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        retry=Retry(NoBackoff(), retries, supported_errors=(redis.ConnectionError,)),
+    )
 
 
 def ensure_embedded_engines() -> list[str]:

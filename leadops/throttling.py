@@ -17,19 +17,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from functools import lru_cache
 from typing import Any
 
 import redis
 from django.conf import settings
 from django.utils.translation import gettext as _
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from rest_framework.exceptions import Throttled
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
-from leadops.engines import redis_url
+from leadops.engines import bounded_redis
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +35,8 @@ REDIS_TIMEOUT_SECONDS = 0.25
 KEY_PREFIX = "leadops:throttle"
 
 
-@lru_cache(maxsize=1)
 def _client() -> redis.Redis:
-    return redis.Redis.from_url(
-        redis_url(),
-        socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-        socket_timeout=REDIS_TIMEOUT_SECONDS,
-        retry=Retry(NoBackoff(), 0),
-    )
+    return bounded_redis(REDIS_TIMEOUT_SECONDS, retries=0)
 
 
 def count_in_window(scope: str, ident: str, *, window: int, now: float) -> int:

@@ -36,7 +36,6 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -49,10 +48,8 @@ from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from kombu.exceptions import OperationalError as BrokerError
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from leadops.engines import redis_url
+from leadops.engines import bounded_redis
 from leadops.ingest import ingest_events
 from leadops.models import EventType, Lead
 from leadops.services import upsert_lead
@@ -378,15 +375,9 @@ def _identify_by_click(
     outcome.identity = issue_identity_token(lead_id, visitor_id)
 
 
-@lru_cache(maxsize=1)
 def queue_client() -> redis.Redis:
     # Fail fast: a visitor's page load must not wait for Redis retries with backoff.
-    return redis.Redis.from_url(
-        redis_url(),
-        socket_connect_timeout=QUEUE_TIMEOUT_SECONDS,
-        socket_timeout=QUEUE_TIMEOUT_SECONDS,
-        retry=Retry(NoBackoff(), 1),
-    )
+    return bounded_redis(QUEUE_TIMEOUT_SECONDS)
 
 
 def queue_page_view(view: PageView) -> None:

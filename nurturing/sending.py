@@ -32,7 +32,6 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import lru_cache
 
 import redis
 from django.conf import settings
@@ -42,7 +41,7 @@ from django.utils import timezone, translation
 from django.utils.html import escape, linebreaks
 from django.utils.translation import gettext as _
 
-from leadops.engines import redis_url
+from leadops.engines import bounded_redis
 from leadops.models import Stage
 from nurturing.enrollment import (
     EXCLUDED_STAGES,
@@ -530,12 +529,10 @@ def send_rate_per_minute() -> int:
     return max(0, int(getattr(settings, "NURTURING_SEND_RATE_PER_MINUTE", DEFAULT_RATE_PER_MINUTE)))
 
 
-@lru_cache(maxsize=1)
 def _redis() -> redis.Redis:
-    # Bounded like every Redis client (settings.REDIS_TIMEOUT_SECONDS): a hung Redis
-    # must not hold the send cycle; on an error the budget falls back to the rate.
-    timeout = settings.REDIS_TIMEOUT_SECONDS
-    return redis.Redis.from_url(redis_url(), socket_timeout=timeout, socket_connect_timeout=timeout)
+    # Bounded: a hung Redis must not hold the send cycle; on an error the budget falls
+    # back to the rate.
+    return bounded_redis(settings.REDIS_TIMEOUT_SECONDS)
 
 
 def take_send_budget(wanted: int, *, now: datetime | None = None) -> int:

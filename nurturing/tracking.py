@@ -30,7 +30,6 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 
 import redis
 from django.conf import settings
@@ -40,7 +39,7 @@ from django.urls import reverse
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
-from leadops.engines import redis_url
+from leadops.engines import bounded_redis
 from leadops.ingest import MAX_EVENTS_PER_REQUEST, ingest_events
 from leadops.models import Activity, EventType, Lead
 from nurturing.capture import with_click_token
@@ -163,9 +162,9 @@ def _now_stamp() -> str:
     return f"{timezone.now().timestamp():.3f}"
 
 
-@lru_cache(maxsize=1)
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(redis_url())
+    # Bounded: a pixel or click must not hang on a Redis that is down or stopped.
+    return bounded_redis(settings.REDIS_TIMEOUT_SECONDS)
 
 
 def _push_hit(hit: str) -> None:

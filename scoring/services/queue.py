@@ -32,17 +32,14 @@ import logging
 import uuid
 from collections.abc import Iterable
 from datetime import timedelta
-from functools import lru_cache
 
 import redis
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from leadops.engines import redis_url
+from leadops.engines import bounded_redis
 from scoring.services.rescoring import rescore_leads
 
 logger = logging.getLogger(__name__)
@@ -107,18 +104,10 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 """
 
 
-@lru_cache(maxsize=1)
 def redis_client() -> redis.Redis:
     # Bounded: an ingest request must not hang on a Redis that is down or stopped; on
-    # an error it rescores inline. One retry covers a connection Redis closed while idle
-    # (restarted); a timeout is not retried, it would only double the wait.
-    timeout = settings.REDIS_TIMEOUT_SECONDS
-    return redis.Redis.from_url(
-        redis_url(),
-        socket_connect_timeout=timeout,
-        socket_timeout=timeout,
-        retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
-    )
+    # an error it rescores inline.
+    return bounded_redis(settings.REDIS_TIMEOUT_SECONDS)
 
 
 def schedule_rescore(lead_ids: Iterable[int]) -> None:

@@ -2,9 +2,10 @@
 over leads in Python.
 
 Six aggregate queries per filter set: the leads created in the period (by source), the
-funnel over the stage transitions of the period (joined to their leads for source and
-creation time), SLA compliance and the sales answers over the hand-offs, the scoring
-rules behind the latest answers (their leads' ledger), the latest rejections.
+funnel over the stage transitions of the period (each carries its lead's source and the
+time its step started, written with it: one covering index, no join), SLA compliance
+and the sales answers over the hand-offs, the scoring rules behind the latest answers
+(their leads' ledger), the latest rejections.
 `dashboard_numbers` returns plain numbers (no labels, so one cached copy serves every
 language); `cached_dashboard_numbers` shares it for a minute per filter set, like the
 home page's numbers, and `warm_dashboard_cache` (every few minutes, from beat) recounts
@@ -38,10 +39,9 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from handoff.models import Handoff, HandoffKind, HandoffOutcome, HandoffStatus, SlaState
-from leadops.models import Stage
+from handoff.services.stages import FUNNEL_STAGES
 
 LEAD_STEP = "lead"
-FUNNEL_STAGES = (Stage.MQL, Stage.SQL, Stage.SAL, Stage.OPPORTUNITY, Stage.WON)
 FUNNEL_STEPS = (LEAD_STEP, *FUNNEL_STAGES)
 PRESET_DAYS = (30, 90, 365)
 DEFAULT_DAYS = 30
@@ -170,37 +170,22 @@ WHERE l.created_at >= %(start)s AND l.created_at < %(end)s
 GROUP BY l.source
 """
 
-# Per lead and stage, the first transition into the stage within the period, timed from
-# the lead's creation (MQL) or from the lead's latest entry into the previous funnel stage
-# before it (an index lookup per reached stage past MQL: the cost grows with the period,
-# not with the years of history). Grouping sets give each source and the total.
+# Per lead and stage, the first transition into the stage within the period (the one
+# whose previous entry into the stage, if any, is older than the period), timed from the
+# lead's latest entry into the previous funnel stage before it, or from the lead's
+# creation for MQL. Both facts are written on the transition with it (StageTransition),
+# so this reads the period's rows from one covering index: no lead, no earlier
+# transition. Grouping sets give each source and the total.
 _FUNNEL_SQL = """
-WITH reached AS (
-    SELECT t.lead_id, t.to_stage, min(t.created_at) AS at,
-           (%(previous)s::text[])[array_position(%(stages)s::text[], t.to_stage::text)]
-               AS previous
-    FROM handoff_stagetransition t
-    WHERE t.created_at >= %(start)s AND t.created_at < %(end)s
-      AND t.to_stage = ANY(%(stages)s)
-    GROUP BY t.lead_id, t.to_stage
-), timed AS (
-    SELECT l.source, r.to_stage,
-           extract(epoch FROM r.at - CASE WHEN r.previous IS NULL THEN l.created_at
-                                          ELSE prev.at END)::float8 AS took
-    FROM reached r
-    JOIN leadops_lead l ON l.id = r.lead_id
-    LEFT JOIN LATERAL (
-        SELECT p.created_at AS at FROM handoff_stagetransition p
-        WHERE r.previous IS NOT NULL
-          AND p.lead_id = r.lead_id AND p.to_stage = r.previous AND p.created_at <= r.at
-        ORDER BY p.created_at DESC LIMIT 1
-    ) prev ON true
-    WHERE %(source)s = '' OR l.source = %(source)s
-)
-SELECT grouping(source) = 1, source, to_stage, count(*),
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY took)
-FROM timed
-GROUP BY GROUPING SETS ((source, to_stage), (to_stage))
+SELECT grouping(t.lead_source) = 1, t.lead_source, t.to_stage, count(*),
+       percentile_cont(0.5) WITHIN GROUP (
+           ORDER BY extract(epoch FROM t.created_at - t.previous_step_at)::float8)
+FROM handoff_stagetransition t
+WHERE t.to_stage = ANY(%(stages)s)
+  AND t.created_at >= %(start)s AND t.created_at < %(end)s
+  AND (t.previous_entry_at IS NULL OR t.previous_entry_at < %(start)s)
+  AND (%(source)s = '' OR t.lead_source = %(source)s)
+GROUP BY GROUPING SETS ((t.lead_source, t.to_stage), (t.to_stage))
 """
 
 
@@ -210,8 +195,7 @@ def funnel(filters: Filters) -> dict[str, Any]:
     Steps are "lead" (leads created in the period; no median) and the funnel stages.
     Medians are None where no lead reached the step (or its previous step is unknown).
     """
-    stages = [str(s) for s in FUNNEL_STAGES]
-    params = _params(filters) | {"stages": stages, "previous": [None, *stages[:-1]]}
+    params = _params(filters) | {"stages": [str(s) for s in FUNNEL_STAGES]}
     total: dict[str, list] = {LEAD_STEP: [0, None]}
     by_source: dict[str, dict[str, list]] = defaultdict(dict)
     for source, count in _fetch(_LEADS_SQL, params):

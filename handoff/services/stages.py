@@ -45,6 +45,10 @@ REASON_REQUIRED = frozenset(
 )
 # Stages from which a lead becomes an MQL when the MQL rule or a trigger fires.
 MQL_ENTRY_STAGES = frozenset(s for s, targets in LEGAL_TRANSITIONS.items() if Stage.MQL in targets)
+# The dashboard's funnel, in order: a step's time is counted from the lead's entry into
+# the stage before it (an MQL's from the lead's creation).
+FUNNEL_STAGES = (Stage.MQL, Stage.SQL, Stage.SAL, Stage.OPPORTUNITY, Stage.WON)
+PREVIOUS_FUNNEL_STAGE = dict(zip(FUNNEL_STAGES[1:], FUNNEL_STAGES, strict=False))
 
 
 class IllegalTransition(Exception):
@@ -94,7 +98,15 @@ def transition_lead(
             from_stage=from_stage,
             to_stage=to_stage,
         )
-    score = Lead.objects.values_list("score", flat=True).get(pk=lead_id)
+    score, *funnel_facts = _fetch_one(
+        _TRANSITION_FACTS_SQL,
+        {
+            "lead": lead_id,
+            "to": to_stage,
+            "previous": PREVIOUS_FUNNEL_STAGE.get(to_stage),
+            "from_creation": to_stage == Stage.MQL,
+        },
+    )
     return StageTransition.objects.create(
         lead_id=lead_id,
         from_stage=from_stage,
@@ -102,7 +114,67 @@ def transition_lead(
         actor=actor,
         reason=reason,
         score_snapshot=score,
+        **dict(zip(FUNNEL_FACTS, funnel_facts, strict=True)),
     )
+
+
+# The lead's score for the snapshot and the funnel's facts (StageTransition's fields)
+# as of this moment: every earlier transition of the lead is already written.
+FUNNEL_FACTS = ("lead_source", "previous_step_at", "previous_entry_at")
+_TRANSITION_FACTS_SQL = """
+SELECT l.score, l.source,
+       CASE WHEN %(from_creation)s THEN l.created_at
+            ELSE (SELECT max(p.created_at) FROM handoff_stagetransition p
+                  WHERE p.lead_id = l.id AND p.to_stage = %(previous)s) END,
+       (SELECT max(p.created_at) FROM handoff_stagetransition p
+        WHERE p.lead_id = l.id AND p.to_stage = %(to)s)
+FROM leadops_lead l WHERE l.id = %(lead)s
+"""
+
+
+def _fetch_one(sql: str, params: dict[str, Any]) -> tuple:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
+
+
+# The same facts recomputed from the transitions themselves, set-based (the migration
+# that added them runs this over every row). For rows written with chosen times (tests,
+# bench data): per lead, in time order, ties counting as before (as `<=` above).
+_REFRESH_FUNNEL_FACTS_SQL = """
+UPDATE handoff_stagetransition t
+SET lead_source = w.source, previous_step_at = w.previous_step_at,
+    previous_entry_at = w.previous_entry_at
+FROM (
+    SELECT t.id, l.source,
+           CASE t.to_stage
+               WHEN 'mql' THEN l.created_at
+               WHEN 'sql' THEN max(t.created_at) FILTER (WHERE t.to_stage = 'mql') OVER lead
+               WHEN 'sal' THEN max(t.created_at) FILTER (WHERE t.to_stage = 'sql') OVER lead
+               WHEN 'opportunity'
+                   THEN max(t.created_at) FILTER (WHERE t.to_stage = 'sal') OVER lead
+               WHEN 'won'
+                   THEN max(t.created_at) FILTER (WHERE t.to_stage = 'opportunity') OVER lead
+           END AS previous_step_at,
+           lag(t.created_at) OVER (PARTITION BY t.lead_id, t.to_stage
+                                   ORDER BY t.created_at, t.id) AS previous_entry_at
+    FROM handoff_stagetransition t
+    JOIN leadops_lead l ON l.id = t.lead_id
+    WHERE %(all)s OR t.lead_id = ANY(%(leads)s::bigint[])
+    WINDOW lead AS (PARTITION BY t.lead_id ORDER BY t.created_at)
+) w
+WHERE w.id = t.id
+"""
+
+
+def refresh_funnel_facts(lead_ids: list[int] | None = None) -> int:
+    """Recompute the funnel's facts of these leads' transitions (None: every lead's)
+    from the transitions as they are; returns the rows updated."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _REFRESH_FUNNEL_FACTS_SQL, {"all": lead_ids is None, "leads": lead_ids or []}
+        )
+        return cursor.rowcount
 
 
 def _move(lead_id: int, *, from_stage: str, to_stage: str) -> bool:
@@ -149,7 +221,9 @@ def mark_leads_mql(reasons: Mapping[int, str], *, actor: Any = None) -> list[Sta
                   WHERE id = ANY(%(ids)s::bigint[]) AND stage = ANY(%(from)s)
                   ORDER BY id FOR NO KEY UPDATE) before
             WHERE l.id = before.id
-            RETURNING l.id, before.stage, l.score""",
+            RETURNING l.id, before.stage, l.score, l.source, l.created_at,
+                      (SELECT max(p.created_at) FROM handoff_stagetransition p
+                       WHERE p.lead_id = l.id AND p.to_stage = %(mql)s)""",
             {
                 "mql": Stage.MQL,
                 "now": now,
@@ -166,8 +240,11 @@ def mark_leads_mql(reasons: Mapping[int, str], *, actor: Any = None) -> list[Sta
             actor=actor,
             reason=reasons[lead_id],
             score_snapshot=score,
+            lead_source=source,
+            previous_step_at=created_at,  # an MQL's step is timed from the lead's creation
+            previous_entry_at=previous_entry_at,
         )
-        for lead_id, from_stage, score in moved
+        for lead_id, from_stage, score, source, created_at, previous_entry_at in moved
     )
     # Same transaction: an MQL without its hand-off (assignee, SLA, notification) is
     # exactly the dropped lead this product exists to prevent.

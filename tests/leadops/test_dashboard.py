@@ -4,6 +4,7 @@ permissions, bad input, escaping, caching and a bounded number of queries."""
 from __future__ import annotations
 
 import html
+import random
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
@@ -17,6 +18,12 @@ from django.urls import reverse
 from django.utils import timezone
 
 from handoff.models import Handoff, StageTransition
+from handoff.services.stages import (
+    FUNNEL_FACTS,
+    mark_leads_mql,
+    refresh_funnel_facts,
+    transition_lead,
+)
 from leadops import dashboard
 from leadops.dashboard import Filters
 from leadops.models import Lead
@@ -57,6 +64,9 @@ def move(lead: Lead, to_stage: str, at: datetime, from_stage: str = "nurturing")
         lead=lead, from_stage=from_stage, to_stage=to_stage, score_snapshot=80
     )
     StageTransition.objects.filter(pk=made.pk).update(created_at=at)
+    # Chosen times: the funnel's facts are recomputed from them (what the writers store;
+    # test_the_writers_store_the_funnel_facts_the_recount_finds checks they agree).
+    refresh_funnel_facts([lead.pk])
 
 
 def handoff(lead: Lead, kind: str, *, opened_at: datetime, **fields) -> Handoff:
@@ -637,3 +647,128 @@ def test_presets_are_recounted_in_the_background_only_while_viewed(
         body = client.get(URL).content.decode()
     assert cell(body, "funnel-mql-count") == "6"
     assert not [q for q in captured if "handoff_stagetransition" in q["sql"]]
+
+
+# --- the funnel's facts, written with each transition --------------------------------------
+
+
+def facts_of(lead: Lead) -> list[tuple]:
+    rows = StageTransition.objects.filter(lead=lead).order_by("created_at", "id")
+    return list(rows.values_list("to_stage", "created_at", *FUNNEL_FACTS))
+
+
+def test_the_writers_store_the_funnel_facts_the_recount_finds(db, sales_rep):
+    made = lead(TRADE_SHOW, local(-3))
+    mark_leads_mql({made.pk: "MQL rule met"})
+    transition_lead(made.pk, to_stage="sql", actor=sales_rep)
+    transition_lead(made.pk, to_stage="nurturing", reason="Timing", actor=sales_rep)
+    for stage in ("mql", "sql", "sal", "opportunity", "won"):
+        transition_lead(made.pk, to_stage=stage, actor=sales_rep)
+    written = facts_of(made)
+    mql, sql, nurturing, mql_again, sql_again, sal, opportunity, won = written
+    at = {"mql": mql[1], "sql": sql[1], "mql2": mql_again[1], "sql2": sql_again[1]}
+
+    # (stage, time, source, previous step at, previous entry at)
+    assert mql[2:] == (TRADE_SHOW, local(-3), None)
+    assert sql[2:] == (TRADE_SHOW, at["mql"], None)
+    assert nurturing[2:] == (TRADE_SHOW, None, None)
+    assert mql_again[2:] == (TRADE_SHOW, local(-3), at["mql"])
+    assert sql_again[2:] == (TRADE_SHOW, at["mql2"], at["sql"])
+    assert [sal[3], opportunity[3], won[3]] == [at["sql2"], sal[1], opportunity[1]]
+    # The set-based recount (the migration's backfill) finds exactly what was written.
+    refresh_funnel_facts([made.pk])
+    assert facts_of(made) == written
+
+
+def test_a_lead_entering_a_stage_twice_in_the_period_counts_once(funnel):
+    # L1 goes back to MQL later in the period: still one MQL, timed from the first entry.
+    move(funnel.leads["L1"], "mql", funnel.start + 6 * DAY)
+    steps = steps_of(dashboard.dashboard_numbers(funnel.filters)["funnel"]["total"])
+    assert steps["mql"]["count"] == 4
+    assert steps["mql"]["median"] == pytest.approx(5 * 3600)
+    # A period starting after L1's first MQL counts the second one.
+    t0_day = timezone.localdate(funnel.start)
+    later = Filters(start=t0_day + timedelta(days=6), end=timezone.localdate())
+    steps = steps_of(dashboard.dashboard_numbers(later)["funnel"]["total"])
+    assert steps["mql"]["count"] == 1
+    assert steps["mql"]["median"] == pytest.approx(6 * 86400)  # from the lead's creation
+
+
+def test_a_lead_whose_source_changes_moves_in_the_funnel_by_source(funnel):
+    Lead.objects.filter(pk=funnel.leads["L3"].pk).update(source=TRADE_SHOW)
+    by_source = dashboard.dashboard_numbers(funnel.filters)["funnel"]["by_source"]
+    assert by_source[TRADE_SHOW]["mql"][0] == 3
+    assert by_source[WEBINAR]["mql"][0] == 1
+    # Saving the whole row (admin, API) too; an unchanged source touches no transition.
+    moved = Lead.objects.get(pk=funnel.leads["L3"].pk)
+    moved.source = WEBINAR
+    moved.save()
+    assert set(
+        StageTransition.objects.filter(lead=moved).values_list("lead_source", flat=True)
+    ) == {WEBINAR}
+
+
+# The funnel as it was counted before its facts were stored: every lead's transitions
+# joined at read time. The stored facts must give exactly its counts and medians.
+_REFERENCE_FUNNEL_SQL = """
+WITH reached AS (
+    SELECT t.lead_id, t.to_stage, min(t.created_at) AS at,
+           (%(previous)s::text[])[array_position(%(stages)s::text[], t.to_stage::text)]
+               AS previous
+    FROM handoff_stagetransition t
+    WHERE t.created_at >= %(start)s AND t.created_at < %(end)s
+      AND t.to_stage = ANY(%(stages)s)
+    GROUP BY t.lead_id, t.to_stage
+), timed AS (
+    SELECT l.source, r.to_stage,
+           extract(epoch FROM r.at - CASE WHEN r.previous IS NULL THEN l.created_at
+                                          ELSE prev.at END)::float8 AS took
+    FROM reached r
+    JOIN leadops_lead l ON l.id = r.lead_id
+    LEFT JOIN LATERAL (
+        SELECT p.created_at AS at FROM handoff_stagetransition p
+        WHERE r.previous IS NOT NULL
+          AND p.lead_id = r.lead_id AND p.to_stage = r.previous AND p.created_at <= r.at
+        ORDER BY p.created_at DESC LIMIT 1
+    ) prev ON true
+    WHERE %(source)s = '' OR l.source = %(source)s
+)
+SELECT grouping(source) = 1, source, to_stage, count(*),
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY took)
+FROM timed
+GROUP BY GROUPING SETS ((source, to_stage), (to_stage))
+"""
+
+
+def reference_funnel(filters: Filters) -> list[tuple]:
+    stages = [str(s) for s in dashboard.FUNNEL_STAGES]
+    start, end = filters.bounds()
+    params = {"start": start, "end": end, "source": filters.source, "stages": stages}
+    with connection.cursor() as cursor:
+        cursor.execute(_REFERENCE_FUNNEL_SQL, params | {"previous": [None, *stages[:-1]]})
+        return sorted(cursor.fetchall(), key=repr)
+
+
+def stored_funnel(filters: Filters) -> list[tuple]:
+    params = dashboard._params(filters) | {"stages": [str(s) for s in dashboard.FUNNEL_STAGES]}
+    return sorted(dashboard._fetch(dashboard._FUNNEL_SQL, params), key=repr)
+
+
+def test_stored_facts_count_exactly_what_the_join_counted(db):
+    # Leads wandering through the funnel at random times: back to nurturing and in again,
+    # steps skipped, several entries within and around the period.
+    rng = random.Random(5)
+    stages = ["nurturing", "mql", "sql", "sal", "opportunity", "won"]
+    for _ in range(40):
+        made = lead(rng.choice([TRADE_SHOW, WEBINAR, ""]), local(-40 + rng.randrange(30)))
+        at = local(-40 + rng.randrange(30))
+        for _ in range(rng.randrange(1, 7)):
+            at += timedelta(hours=rng.randrange(1, 200))
+            move(made, rng.choice(stages), min(at, local(0)))
+    for start_days, days in [(-30, 30), (-20, 10), (-12, 12), (-45, 46)]:
+        for source in ("", TRADE_SHOW, WEBINAR):
+            start = timezone.localdate() + timedelta(days=start_days)
+            filters = Filters(start=start, end=start + timedelta(days=days - 1), source=source)
+            expected = reference_funnel(filters)
+            assert expected, filters
+            assert stored_funnel(filters) == expected

@@ -338,6 +338,11 @@ LOGGING = {
 # connection each: about the number of cores PostgreSQL may use for it (1: one by one).
 SCORING_PARALLEL_CHUNKS = env_int("SCORING_PARALLEL_CHUNKS", 2)
 
+# --- Dashboard (leadops/dashboard.py) ---------------------------------------------------
+# A cold dashboard runs its aggregate queries on this many connections at once (1: one
+# after another in one transaction).
+DASHBOARD_PARALLEL_QUERIES = env_int("DASHBOARD_PARALLEL_QUERIES", 3)
+
 # --- Hand-off notifications (handoff/notifications.py, handoff/webhooks.py) ------------
 # Absolute links in notification emails and webhook posts, e.g. https://leads.example.com.
 SITE_URL = os.environ.get("SITE_URL", "http://127.0.0.1:8000").rstrip("/")

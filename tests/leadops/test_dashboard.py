@@ -772,3 +772,29 @@ def test_stored_facts_count_exactly_what_the_join_counted(db):
             expected = reference_funnel(filters)
             assert expected, filters
             assert stored_funnel(filters) == expected
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sections_counted_side_by_side_equal_the_ones_counted_in_turn(
+    rules, settings, monkeypatch
+):
+    # Outside a transaction the cold page runs its queries on several connections.
+    threads = []
+    run_section = dashboard._in_own_connection
+
+    def spy(section, filters):
+        import threading
+
+        threads.append(threading.current_thread().name)
+        return run_section(section, filters)
+
+    monkeypatch.setattr(dashboard, "_in_own_connection", spy)
+    now = timezone.now()
+    settings.DASHBOARD_PARALLEL_QUERIES = 3
+    side_by_side = dashboard.dashboard_numbers(rules.filters, now=now)
+    settings.DASHBOARD_PARALLEL_QUERIES = 1
+    in_turn = dashboard.dashboard_numbers(rules.filters, now=now)
+
+    assert len(threads) == 5 and all(name.startswith("dashboard") for name in threads)
+    assert side_by_side == in_turn
+    assert side_by_side["funnel"]["total"]["mql"][0] == 4 and side_by_side["by_rule"]

@@ -14,6 +14,10 @@ number of statements whatever the batch size:
 
 Rows are inserted and locked in a stable order (email, event_id, lead id) so that
 concurrent batches naming the same leads wait for each other instead of deadlocking.
+
+A single event (the common case of integrations, and the API's latency) takes the same
+steps as one statement of data-modifying CTEs run in autocommit: one round trip and one
+commit instead of five (see "one event: one statement" below).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import cache, lru_cache
@@ -30,11 +35,11 @@ from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_email
-from django.db import OperationalError, connection, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext as _
-from psycopg.errors import DeadlockDetected
+from psycopg.errors import DeadlockDetected, ForeignKeyViolation
 
 from leadops.models import EventType, Lead
 from leadops.sql import model_default_columns
@@ -129,11 +134,13 @@ def ingest_events(items: Sequence[object], *, actor: Any = None) -> IngestResult
         raise ValueError(f"At most {MAX_EVENTS_PER_REQUEST} events per call, got {len(items)}")
     result = IngestResult()
     events = _validate_all(items, result)
-    if events:
+    if len(events) == 1:
+        result = _store_one(events[0], result)
+    elif events:
         result = _store_retrying_deadlocks(events, result)
-        touched = frozenset(result.lead_ids)
-        if touched:
-            transaction.on_commit(lambda: _after_events_committed(touched))
+    touched = frozenset(result.lead_ids)
+    if touched:
+        transaction.on_commit(lambda: _after_events_committed(touched))
     result.errors.sort(key=lambda error: error["index"])
     logger.debug("ingest by %s: %s accepted", getattr(actor, "pk", None), result.accepted)
     return result
@@ -582,3 +589,155 @@ def _text_array(values: Iterable[str]) -> str:
 
 def _int_array(values: Iterable[int]) -> str:
     return "{" + ",".join(str(int(value)) for value in values) + "}"
+
+
+# --- one event: one statement ----------------------------------------------------------
+#
+# Most integrations send events one by one, so this path is the latency and the rate of
+# the API: one statement in autocommit is one round trip (and one commit) instead of
+# BEGIN, three statements and COMMIT. It keeps the batch path's semantics and takes the
+# same row locks: FOR NO KEY UPDATE on the one lead it changes (only when the event moves
+# it) and the activity's foreign-key share lock, which do not conflict with each other.
+#
+# An unknown email gets its lead id from the sequence first and the lead row is inserted
+# only when the activity was: a reused event_id never leaves a lead behind, without a
+# transaction to roll back. When another call created the same email after this
+# statement's snapshot, the lead insert skips it as a conflict and the activity would
+# point at no lead: PostgreSQL refuses the whole statement (foreign-key violation) and it
+# runs again, with a snapshot that sees the other call's lead.
+
+
+@dataclass(frozen=True, slots=True)
+class _OneOutcome:
+    lead_id: int | None  # None: lead_id names no lead
+    inserted: bool
+    stored_fingerprint: str | None  # of the event_id stored before, as far as seen
+
+
+def _store_one(event: ValidEvent, validated: IngestResult) -> IngestResult:
+    result = replace(validated, errors=list(validated.errors), lead_ids=set())
+    outcome = _run_one_retrying(event)
+    if outcome.lead_id is None:
+        result.add_error(event.index, {"lead_id": [_unknown_lead_message()]})
+    elif outcome.inserted:
+        result.accepted += 1
+        result.lead_ids.add(outcome.lead_id)
+    elif outcome.stored_fingerprint is None:
+        # Committed by another call after our snapshot (we waited for it): read it now.
+        _sort_out_conflicts([event], result)
+    elif outcome.stored_fingerprint == event.fingerprint:
+        result.duplicates += 1
+    else:
+        result.add_error(event.index, {"event_id": [_reused_id_message()]})
+    return result
+
+
+def _run_one_retrying(event: ValidEvent) -> _OneOutcome:
+    """The statement, run again when a concurrent call made it fail harmlessly: a lead
+    created or deleted after its snapshot, or a deadlock (outside a caller's transaction)."""
+    for attempt in range(DEADLOCK_RETRIES):
+        try:
+            # Inside a caller's transaction a failed statement would abort it: a savepoint
+            # keeps it usable. In autocommit the statement is its own transaction.
+            with transaction.atomic() if connection.in_atomic_block else nullcontext():
+                return _one_statement(event)
+        except IntegrityError as exc:
+            if (
+                not isinstance(exc.__cause__, ForeignKeyViolation)
+                or attempt == DEADLOCK_RETRIES - 1
+            ):
+                raise
+            logger.info(
+                "ingest: lead changed concurrently, running again (attempt %d)", attempt + 2
+            )
+        except OperationalError as exc:
+            retry = isinstance(exc.__cause__, DeadlockDetected)
+            if not retry or connection.in_atomic_block or attempt == DEADLOCK_RETRIES - 1:
+                raise
+            logger.info("ingest: deadlock victim, running again (attempt %d)", attempt + 2)
+            time.sleep(0.005 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _one_statement(event: ValidEvent) -> _OneOutcome:
+    params = {
+        "email": event.email,
+        "lead_id": event.lead_id,
+        "type": event.type,
+        "occurred_at": event.occurred_at,
+        "properties": event.properties_json,
+        "event_id": event.event_id,
+        "fingerprint": event.fingerprint,
+        "source": event.source,
+        "received_at": timezone.now(),
+        "unsubscribe": event.type == EventType.UNSUBSCRIBE,
+    }
+    sql, defaults = _one_event_sql(by_email=event.email is not None)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {**defaults, **params})
+        lead_id, inserted, stored_fingerprint = cursor.fetchone()
+    return _OneOutcome(lead_id, inserted, stored_fingerprint)
+
+
+@cache
+def _one_event_sql(*, by_email: bool) -> tuple[str, dict[str, Any]]:
+    """(the statement, its default-value parameters) for an event naming its lead by
+    email (unknown: created) or by lead_id (unknown: nothing written)."""
+    if not by_email:
+        target = "SELECT id, false AS new FROM leadops_lead WHERE id = %(lead_id)s"
+        return _ONE_EVENT_SQL.format(target=target, create=""), {}
+    columns, expressions, values = model_default_columns(Lead, given=_ONE_EVENT_LEAD_COLUMNS)
+    names = iter(f"new_lead_{i}" for i in range(len(values)))
+    # Timestamps are now() and take no parameter: name the placeholders in order.
+    expressions = [
+        expr.replace("%s", f"%({next(names)})s") if "%s" in expr else expr for expr in expressions
+    ]
+    quoted = ", ".join(connection.ops.quote_name(c) for c in _ONE_EVENT_LEAD_COLUMNS)
+    create = f"""
+        created AS (
+            INSERT INTO leadops_lead (id, {quoted}, {", ".join(columns)})
+            SELECT t.id, %(email)s, %(new_source)s, %(occurred_at)s, %(unsubscribe)s,
+                   {", ".join(expressions)}
+            FROM target t JOIN inserted i ON i.lead_id = t.id
+            WHERE t.new
+            ON CONFLICT (email) DO NOTHING
+        ),"""
+    target = """
+        SELECT id, false AS new FROM leadops_lead WHERE email = %(email)s
+        UNION ALL
+        SELECT nextval(pg_get_serial_sequence('leadops_lead', 'id')), true
+        WHERE NOT EXISTS (SELECT 1 FROM leadops_lead WHERE email = %(email)s)"""
+    defaults = {f"new_lead_{i}": value for i, value in enumerate(values)}
+    defaults["new_source"] = NEW_LEAD_SOURCE
+    return _ONE_EVENT_SQL.format(target=target, create=create), defaults
+
+
+_ONE_EVENT_LEAD_COLUMNS = ("email", "source", "last_activity_at", "unsubscribed")
+
+# The lead of an existing row is updated only when the event moves it (as in the batch
+# path), a new lead is inserted with the event's values. The last SELECT reads the
+# statement's snapshot: the fingerprint of an event_id stored before it began.
+_ONE_EVENT_SQL = """
+    WITH target AS MATERIALIZED ({target}),
+    inserted AS (
+        INSERT INTO leadops_activity
+            (lead_id, type, occurred_at, properties, event_id, fingerprint, source, received_at)
+        SELECT t.id, %(type)s, %(occurred_at)s, %(properties)s::jsonb, %(event_id)s,
+               %(fingerprint)s, %(source)s, %(received_at)s
+        FROM target t
+        ON CONFLICT (event_id) DO NOTHING
+        RETURNING lead_id
+    ),{create}
+    touched AS (
+        UPDATE leadops_lead l
+        SET last_activity_at = GREATEST(l.last_activity_at, %(occurred_at)s),
+            unsubscribed = l.unsubscribed OR %(unsubscribe)s
+        FROM target t JOIN inserted i ON i.lead_id = t.id
+        WHERE l.id = t.id AND NOT t.new
+          AND (l.last_activity_at IS NULL OR l.last_activity_at < %(occurred_at)s
+               OR (%(unsubscribe)s AND NOT l.unsubscribed))
+    )
+    SELECT (SELECT id FROM target),
+           EXISTS (SELECT 1 FROM inserted),
+           (SELECT fingerprint FROM leadops_activity WHERE event_id = %(event_id)s)
+"""

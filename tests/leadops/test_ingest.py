@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -262,6 +263,16 @@ def test_hook_runs_after_commit_with_the_touched_leads(
     assert calls == [frozenset({known.id, new.id})]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_hook_runs_after_a_single_event_in_autocommit(monkeypatch):
+    calls: list[frozenset[int]] = []
+    monkeypatch.setattr(ingest, "_after_events_committed", calls.append)
+    ingest_events([event("a")])
+    assert calls == [frozenset({Lead.objects.get(email="taro@example.jp").id})]
+    ingest_events([event("a")])  # a duplicate touches nothing
+    assert len(calls) == 1
+
+
 def test_no_hook_when_nothing_was_accepted(monkeypatch, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks() as callbacks:
         ingest_events([{"bad": 1}])
@@ -393,6 +404,190 @@ def test_other_database_errors_are_not_retried(monkeypatch):
     monkeypatch.setattr(ingest_module, "_store", failing_store)
     with pytest.raises(OperationalError):
         ingest_module.ingest_events(
-            [{"event_id": "x", "email": "a@example.jp", "type": "email_open"}]
+            [
+                {"event_id": "x", "email": "a@example.jp", "type": "email_open"},
+                {"event_id": "y", "email": "a@example.jp", "type": "email_open"},
+            ]
         )
     assert len(calls) == 1
+
+
+# --- one event: one statement -----------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_event_is_one_statement_in_autocommit(django_assert_num_queries):
+    LeadFactory(email="known@example.jp")
+    with django_assert_num_queries(1):  # a new lead
+        assert ingest_events([event("a")]).accepted == 1
+    with django_assert_num_queries(1):  # a known lead
+        assert ingest_events([event("b", email="known@example.jp")]).accepted == 1
+    with django_assert_num_queries(1):  # a resent event
+        assert ingest_events([event("b", email="known@example.jp")]).duplicates == 1
+    assert Activity.objects.count() == 2
+
+
+def test_one_event_for_a_new_email_creates_the_lead_with_its_activity():
+    result = ingest_events([event("u", type="unsubscribe", occurred_at="2026-03-01T00:00:00Z")])
+    lead = Lead.objects.get(email="taro@example.jp")
+    assert (result.accepted, result.lead_ids) == (1, {lead.id})
+    assert (lead.source, lead.unsubscribed) == ("API", True)
+    assert lead.last_activity_at == datetime(2026, 3, 1, tzinfo=UTC)
+    assert lead.created_at is not None and lead.score == 0
+    assert Activity.objects.get(event_id="u").lead == lead
+
+
+def test_one_event_for_an_unknown_lead_id_writes_nothing():
+    result = ingest_events([event("a", email=None, lead_id=987654321)])
+    assert result.errors == [{"index": 0, "errors": {"lead_id": [ingest._unknown_lead_message()]}}]
+    assert not Activity.objects.exists()
+
+
+def test_one_event_by_lead_id_moves_last_activity_forward_only():
+    lead = LeadFactory(last_activity_at=datetime(2026, 3, 1, tzinfo=UTC))
+    ingest_events([event("old", email=None, lead_id=lead.id, occurred_at="2026-02-01T00:00Z")])
+    lead.refresh_from_db()
+    assert lead.last_activity_at == datetime(2026, 3, 1, tzinfo=UTC)
+    ingest_events([event("new", email=None, lead_id=lead.id, occurred_at="2026-03-02T00:00Z")])
+    lead.refresh_from_db()
+    assert lead.last_activity_at == datetime(2026, 3, 2, tzinfo=UTC)
+    assert Activity.objects.filter(lead=lead).count() == 2
+
+
+def test_one_reused_event_id_is_an_error_and_a_resend_a_duplicate():
+    ingest_events([event("a", properties={"url": "/x"})])
+    assert ingest_events([event("a", properties={"url": "/x"})]).duplicates == 1
+    result = ingest_events([event("a", properties={"url": "/y"})])
+    assert result.errors == [{"index": 0, "errors": {"event_id": [ingest._reused_id_message()]}}]
+    assert Activity.objects.get(event_id="a").properties == {"url": "/x"}
+
+
+def wait_until_blocked(seconds: float = 10) -> None:
+    """Until another backend (the call under test, in its thread) waits for this one."""
+    deadline = timezone.now() + timedelta(seconds=seconds)
+    while timezone.now() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted "
+                "AND pg_backend_pid() = ANY(pg_blocking_pids(pid))"
+            )
+            if cursor.fetchone()[0]:
+                return
+    raise AssertionError("the call under test never waited for the other transaction")
+
+
+def run_while_holding(hold, call) -> list:
+    """`hold()` runs in an open transaction; `call()` runs in a thread and is let finish
+    only after it waits for that transaction, which then commits: a deterministic race."""
+    outcome: list = []
+
+    def target() -> None:
+        try:
+            outcome.append(call())
+        finally:
+            connection.close()
+
+    from django.db import transaction
+
+    with transaction.atomic():
+        hold()
+        thread = threading.Thread(target=target)
+        thread.start()
+        wait_until_blocked()
+    thread.join(timeout=30)
+    assert outcome, "the call failed: see the thread's traceback"
+    return outcome
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_event_whose_new_email_was_created_meanwhile_goes_to_that_lead(caplog):
+    # The statement's snapshot has no such lead, its insert meets the other one's row:
+    # the statement fails on the foreign key and runs again, seeing the lead now.
+    with caplog.at_level(logging.INFO, logger="leadops.ingest"):
+        [result] = run_while_holding(
+            lambda: LeadFactory(email="taro@example.jp"), lambda: ingest_events([event("a")])
+        )
+    assert "lead changed concurrently, running again" in caplog.text
+    lead = Lead.objects.get(email="taro@example.jp")
+    assert (result.accepted, result.errors, result.lead_ids) == (1, [], {lead.id})
+    assert Activity.objects.get(event_id="a").lead == lead
+    assert lead.last_activity_at is not None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_event_whose_id_was_stored_meanwhile_is_sorted_out_by_fingerprint(monkeypatch):
+    # Stored after the statement's snapshot: the fingerprint is read in a second query.
+    read_again: list[list[str]] = []
+    sort_out = ingest._sort_out_conflicts
+
+    def spy(conflicting, result):
+        if conflicting:
+            read_again.append([valid.event_id for valid in conflicting])
+        sort_out(conflicting, result)
+
+    monkeypatch.setattr(ingest, "_sort_out_conflicts", spy)
+    [result] = run_while_holding(
+        lambda: ingest_events([event("a"), event("b")]), lambda: ingest_events([event("a")])
+    )
+    assert (result.accepted, result.duplicates, result.errors) == (0, 1, [])
+    [result] = run_while_holding(
+        lambda: ingest_events([event("c"), event("d")]),
+        lambda: ingest_events([event("c", email="new@example.jp")]),
+    )
+    assert result.errors[0]["errors"] == {"event_id": [ingest._reused_id_message()]}
+    assert not Lead.objects.filter(email="new@example.jp").exists()
+    assert read_again == [["a"], ["c"]]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_single_events_for_one_new_email_make_one_lead():
+    calls = [
+        lambda i=i: ingest_events([event(f"c{i}", email="fresh@example.jp")]) for i in range(8)
+    ]
+    assert run_in_threads(*calls) == []
+    lead = Lead.objects.get(email="fresh@example.jp")
+    assert Activity.objects.filter(lead=lead).count() == 8
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_single_event_deadlock_victim_is_run_again(monkeypatch):
+    from django.db import OperationalError
+    from psycopg.errors import DeadlockDetected
+
+    real_statement = ingest._one_statement
+    calls = []
+
+    def statement_losing_the_first_race(valid_event):
+        calls.append(1)
+        if len(calls) == 1:  # PostgreSQL rolled the statement back
+            raise OperationalError("deadlock detected") from DeadlockDetected()
+        return real_statement(valid_event)
+
+    monkeypatch.setattr(ingest, "_one_statement", statement_losing_the_first_race)
+    result = ingest_events([event("dl")])
+    assert (len(calls), result.accepted, result.errors) == (2, 1, [])
+    assert Activity.objects.filter(event_id="dl").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_other_database_errors_of_a_single_event_are_not_retried(monkeypatch):
+    from django.db import OperationalError
+
+    calls = []
+
+    def failing_statement(valid_event):
+        calls.append(1)
+        raise OperationalError("server closed the connection")
+
+    monkeypatch.setattr(ingest, "_one_statement", failing_statement)
+    with pytest.raises(OperationalError):
+        ingest_events([event("x")])
+    assert len(calls) == 1
+
+
+def test_one_event_keeps_awkward_text_verbatim():
+    awkward = "q\"uote \\back\\slash %(name)s %s {brace} NULL ü 日本 'single'"
+    result = ingest_events([event(awkward, source=awkward, properties={awkward: awkward})])
+    assert result.accepted == 1
+    activity = Activity.objects.get(event_id=awkward)
+    assert (activity.source, activity.properties) == (awkward, {awkward: awkward})

@@ -346,6 +346,13 @@ class Handoff(models.Model):
                 condition=~Q(status="done"),
                 name="handoff_open_assignee_due",
             ),
+            # The unassigned queue and its count: with many closed unassigned hand-offs
+            # the planner misjudges "assignee IS NULL" on the index above and scans.
+            models.Index(
+                fields=["kind", "due_at", "id"],
+                condition=Q(assignee__isnull=True) & ~Q(status="done"),
+                name="handoff_open_unassigned",
+            ),
             # The SLA monitor: clocks still running, by the next moment they change state.
             models.Index(
                 fields=["warn_at"],

@@ -26,12 +26,12 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import cache, lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_email
@@ -45,6 +45,7 @@ from leadops.models import EventType, Lead
 from leadops.sql import model_default_columns
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_EVENTS_PER_REQUEST = 1000
 MAX_EVENT_ID_LENGTH = 200
@@ -103,15 +104,33 @@ DEADLOCK_RETRIES = 4
 def _store_retrying_deadlocks(events: list, validated: IngestResult) -> IngestResult:
     """`_store` in its own transaction, run again (from the validated state) if PostgreSQL
     chose it as a deadlock victim; inside a caller's transaction there is no retry."""
-    for attempt in range(DEADLOCK_RETRIES):
+
+    def store() -> IngestResult:
         result = replace(validated, errors=list(validated.errors), lead_ids=set())
+        with transaction.atomic():
+            _store(events, result)
+        return result
+
+    return _run_again_when_harmless(store)
+
+
+def _run_again_when_harmless(run: Callable[[], T], *, lead_race: bool = False) -> T:
+    """`run()`, run again (up to DEADLOCK_RETRIES times) when PostgreSQL aborted it for a
+    reason that loses nothing: a deadlock (outside a caller's transaction, which the
+    abort spoils), or with `lead_race` a foreign-key violation from a lead created or
+    deleted after the statement's snapshot."""
+    for attempt in range(DEADLOCK_RETRIES):
+        last = attempt == DEADLOCK_RETRIES - 1
         try:
-            with transaction.atomic():
-                _store(events, result)
-            return result
+            return run()
+        except IntegrityError as exc:
+            if not lead_race or not isinstance(exc.__cause__, ForeignKeyViolation) or last:
+                raise
+            message = "ingest: lead changed concurrently, running again (attempt %d)"
+            logger.info(message, attempt + 2)
         except OperationalError as exc:
             retry = isinstance(exc.__cause__, DeadlockDetected)
-            if not retry or connection.in_atomic_block or attempt == DEADLOCK_RETRIES - 1:
+            if not retry or connection.in_atomic_block or last:
                 raise
             logger.info("ingest: deadlock victim, running again (attempt %d)", attempt + 2)
             time.sleep(0.005 * 2**attempt)
@@ -635,28 +654,14 @@ def _store_one(event: ValidEvent, validated: IngestResult) -> IngestResult:
 def _run_one_retrying(event: ValidEvent) -> _OneOutcome:
     """The statement, run again when a concurrent call made it fail harmlessly: a lead
     created or deleted after its snapshot, or a deadlock (outside a caller's transaction)."""
-    for attempt in range(DEADLOCK_RETRIES):
-        try:
-            # Inside a caller's transaction a failed statement would abort it: a savepoint
-            # keeps it usable. In autocommit the statement is its own transaction.
-            with transaction.atomic() if connection.in_atomic_block else nullcontext():
-                return _one_statement(event)
-        except IntegrityError as exc:
-            if (
-                not isinstance(exc.__cause__, ForeignKeyViolation)
-                or attempt == DEADLOCK_RETRIES - 1
-            ):
-                raise
-            logger.info(
-                "ingest: lead changed concurrently, running again (attempt %d)", attempt + 2
-            )
-        except OperationalError as exc:
-            retry = isinstance(exc.__cause__, DeadlockDetected)
-            if not retry or connection.in_atomic_block or attempt == DEADLOCK_RETRIES - 1:
-                raise
-            logger.info("ingest: deadlock victim, running again (attempt %d)", attempt + 2)
-            time.sleep(0.005 * 2**attempt)
-    raise AssertionError("unreachable")
+
+    def run() -> _OneOutcome:
+        # Inside a caller's transaction a failed statement would abort it: a savepoint
+        # keeps it usable. In autocommit the statement is its own transaction.
+        with transaction.atomic() if connection.in_atomic_block else nullcontext():
+            return _one_statement(event)
+
+    return _run_again_when_harmless(run, lead_race=True)
 
 
 def _one_statement(event: ValidEvent) -> _OneOutcome:

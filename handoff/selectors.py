@@ -115,10 +115,15 @@ def _sla_counts(scope: Q, *, now: datetime) -> dict[str, int]:
     hand-offs, and with a million closed ones the planner then scans the table."""
     warning = Q(responded_at__isnull=True, warn_at__lte=now, due_at__gt=now)
     breached = Q(responded_at__isnull=True, due_at__lte=now) | Q(sla_state=SlaState.BREACHED)
-    return Handoff.objects.for_inside_sales().not_done().filter(scope).aggregate(
-        total=Count("pk"),
-        warning=Count("pk", filter=warning),
-        breached=Count("pk", filter=breached),
+    return (
+        Handoff.objects.for_inside_sales()
+        .not_done()
+        .filter(scope)
+        .aggregate(
+            total=Count("pk"),
+            warning=Count("pk", filter=warning),
+            breached=Count("pk", filter=breached),
+        )
     )
 
 

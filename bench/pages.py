@@ -32,8 +32,11 @@ def main() -> None:
     from django.test import Client
 
     call_command("migrate", verbosity=0)
+    user = User.objects.filter(username=args.user).first()
+    if user is None:
+        raise SystemExit(f"No user {args.user!r} in {args.database}: run make bench first.")
     client = Client()
-    client.force_login(User.objects.get(username=args.user))
+    client.force_login(user)
     for path in args.paths:
         print(_measure(client, path, count=args.count, warm_up=args.warm_up))
 

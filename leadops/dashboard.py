@@ -29,13 +29,11 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from functools import partial
 from typing import Any
 
-from django import db
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection, transaction
@@ -44,6 +42,7 @@ from django.utils import timezone
 
 from handoff.models import Handoff, HandoffKind, HandoffOutcome, HandoffStatus, SlaState
 from handoff.services.stages import FUNNEL_STAGES
+from leadops.sql import map_on_own_connections
 
 LEAD_STEP = "lead"
 FUNNEL_STEPS = (LEAD_STEP, *FUNNEL_STAGES)
@@ -170,21 +169,19 @@ def _count_sections(
         with transaction.atomic():
             _tune_session()
             return {name: section(filters) for name, section in sections.items()}
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dashboard") as pool:
-        futures = {
-            name: pool.submit(_in_own_connection, section, filters)
-            for name, section in sections.items()
-        }
-        return {name: future.result() for name, future in futures.items()}
+    names = list(sections)
+    results = map_on_own_connections(
+        partial(_count_section, filters=filters),
+        [sections[name] for name in names],
+        workers=workers,
+        name="dashboard",
+    )
+    return dict(zip(names, results, strict=True))
 
 
-def _in_own_connection(section: Callable[[Filters], Any], filters: Filters) -> Any:
-    try:
-        with transaction.atomic():
-            _tune_session()
-            return section(filters)
-    finally:
-        db.connections.close_all()  # this thread's connection: threads do not reuse them
+def _count_section(section: Callable[[Filters], Any], *, filters: Filters) -> Any:
+    _tune_session()
+    return section(filters)
 
 
 def _tune_session() -> None:

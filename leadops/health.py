@@ -22,7 +22,7 @@ from typing import Any
 import redis
 from django.db import connection, transaction
 
-from leadops.engines import redis_url
+from leadops.engines import bounded_redis
 
 HEARTBEAT_KEY = "leadops:health:heartbeat"
 # Two missed beats and a slow queue are tolerated before the scheduler counts as down.
@@ -134,8 +134,4 @@ def _hour(offset: int = 0) -> int:
 
 
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(
-        redis_url(),
-        socket_timeout=REDIS_TIMEOUT_SECONDS,
-        socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-    )
+    return bounded_redis(REDIS_TIMEOUT_SECONDS, retries=0)

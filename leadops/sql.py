@@ -1,13 +1,41 @@
-"""Small helpers for the hand-written set-based SQL of ingest and bulk import."""
+"""Small helpers for the hand-written set-based SQL of ingest, bulk import, rescoring
+and the dashboard."""
 
 from __future__ import annotations
 
 import json
-from functools import cache
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache, partial
+from typing import Any, TypeVar
 
-from django.db import connection, connections, models
+from django.db import connection, connections, models, transaction
 from django.db.models import QuerySet
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+def map_on_own_connections(
+    work: Callable[[Item], Result], items: Iterable[Item], *, workers: int, name: str
+) -> Iterator[Result]:
+    """`work(item)` for every item, `workers` at once, each in a transaction of its own on
+    its own database connection (a thread named `name`-N); results in item order.
+
+    One statement keeps one PostgreSQL backend, one core, busy: this is how a pass over
+    every lead or a page of independent aggregates uses the others. The connections see
+    only committed rows, so callers inside a transaction must not use it.
+    """
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) as pool:
+        yield from pool.map(partial(_in_own_connection, work), list(items))
+
+
+def _in_own_connection(work: Callable[[Item], Result], item: Item) -> Result:
+    try:
+        with transaction.atomic():
+            return work(item)
+    finally:
+        connections.close_all()  # this thread's connection: threads do not reuse them
 
 
 @cache

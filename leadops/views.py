@@ -13,6 +13,7 @@ from django.db.models import Count, Q
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.utils import timezone
+from django.views.decorators.http import require_safe
 
 from leadops.health import health_report
 from leadops.models import Activity, Lead, Stage, Temperature
@@ -93,6 +94,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
+@require_safe
 def health(request: HttpRequest) -> JsonResponse:
     """Database, broker, workers and scheduler, with the backlogs to watch; 503 if any fails."""
     report = health_report()

@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from functools import partial
 from typing import TypeVar
 
-from django import db
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Max, Min
@@ -32,6 +29,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from leadops.models import Lead
+from leadops.sql import map_on_own_connections
 from scoring import engine
 from scoring.engine import LeadSet, Params
 from scoring.models import ChangeReason, ScoringModel
@@ -149,17 +147,8 @@ def map_chunks(
                 yield leads, work(leads)
         return
     chunks = list(chunks)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chunk") as pool:
-        results = pool.map(partial(_in_own_connection, work), chunks)
-        yield from zip(chunks, results, strict=True)
-
-
-def _in_own_connection(work: Callable[[LeadSet], T], leads: LeadSet) -> T:
-    try:
-        with transaction.atomic():
-            return work(leads)
-    finally:
-        db.connections.close_all()  # this thread's connection: threads do not reuse them
+    results = map_on_own_connections(work, chunks, workers=workers, name="chunk")
+    yield from zip(chunks, results, strict=True)
 
 
 def rescore_lead_set(

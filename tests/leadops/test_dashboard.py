@@ -24,7 +24,7 @@ from handoff.services.stages import (
     refresh_funnel_facts,
     transition_lead,
 )
-from leadops import dashboard
+from leadops import dashboard, sql
 from leadops.dashboard import Filters
 from leadops.models import Lead
 from nurturing.models import EmailSend, Step, Track
@@ -780,15 +780,15 @@ def test_the_sections_counted_side_by_side_equal_the_ones_counted_in_turn(
 ):
     # Outside a transaction the cold page runs its queries on several connections.
     threads = []
-    run_section = dashboard._in_own_connection
+    run_section = sql._in_own_connection
 
-    def spy(section, filters):
+    def spy(work, section):
         import threading
 
         threads.append(threading.current_thread().name)
-        return run_section(section, filters)
+        return run_section(work, section)
 
-    monkeypatch.setattr(dashboard, "_in_own_connection", spy)
+    monkeypatch.setattr(sql, "_in_own_connection", spy)
     now = timezone.now()
     settings.DASHBOARD_PARALLEL_QUERIES = 3
     side_by_side = dashboard.dashboard_numbers(rules.filters, now=now)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import redis
 from celery.signals import task_failure
 from django.utils import timezone
 
@@ -61,7 +62,8 @@ def test_the_report_counts_breaches_backlogs_and_failed_tasks(client):
 
 @pytest.mark.django_db
 def test_a_dead_broker_answers_503_quickly(client, monkeypatch):
-    monkeypatch.setattr(health, "redis_url", lambda: "redis://127.0.0.1:1/0")
+    unreachable = redis.Redis(port=1, socket_connect_timeout=1, socket_timeout=1)
+    monkeypatch.setattr(health, "_redis", lambda: unreachable)
 
     started = time.monotonic()
     response = client.get("/health/")
@@ -102,3 +104,8 @@ def test_with_a_worker_running_the_heartbeat_everything_is_ok(
     assert body["status"] == "ok"
     assert len(body["checks"]["workers"]["nodes"]) == len(celery_worker_process.nodes)
     assert body["checks"]["scheduler"]["heartbeat_age_s"] < 30
+
+
+@pytest.mark.django_db
+def test_only_get_and_head(client):
+    assert client.post("/health/").status_code == 405

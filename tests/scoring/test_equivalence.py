@@ -193,12 +193,13 @@ def test_ledger_adds_up_to_the_score_through_any_sequence_of_rescores(seed):
 @pytest.mark.django_db(transaction=True)
 def test_rescore_all_in_parallel_chunks_equals_the_reference(settings, monkeypatch):
     # Outside a caller's transaction, rescore-all runs chunks on several connections.
+    from leadops import sql
     from scoring.services import rescoring
 
     settings.SCORING_PARALLEL_CHUNKS = 2
     monkeypatch.setattr(rescoring, "MIN_RANGE_WIDTH", 4)
     threads = set()
-    run_chunk = rescoring._in_own_connection
+    run_chunk = sql._in_own_connection
 
     def spy(rescore, leads):
         import threading
@@ -206,7 +207,7 @@ def test_rescore_all_in_parallel_chunks_equals_the_reference(settings, monkeypat
         threads.add(threading.current_thread().name)
         return run_chunk(rescore, leads)
 
-    monkeypatch.setattr(rescoring, "_in_own_connection", spy)
+    monkeypatch.setattr(sql, "_in_own_connection", spy)
     rng = random.Random(7)
     model = random_model(rng)
     leads = [random_lead(rng) for _ in range(25)]

@@ -16,7 +16,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils.translation import gettext as _
 
-from nurturing.capture import client_ip as _client_ip_of
+from leadops.middleware import client_ip as _client_ip_of
 
 LOCKOUT_TEMPLATE = "admin/locked_out.html"
 

@@ -1,8 +1,8 @@
-"""Request guards for the API."""
+"""Request guards for the API, and who is asking (the client address behind proxies)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -39,3 +39,14 @@ def _declared_length(request: HttpRequest) -> int:
         return int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
         return 0
+
+
+def client_ip(meta: Mapping[str, str]) -> str:
+    """The client's address. Behind LEADOPS_TRUSTED_PROXY_COUNT proxies, the entry of
+    X-Forwarded-For that the outermost trusted proxy appended (anything to its left is
+    whatever the client chose to send)."""
+    proxies = int(getattr(settings, "LEADOPS_TRUSTED_PROXY_COUNT", 0) or 0)
+    forwarded = [ip.strip() for ip in meta.get("HTTP_X_FORWARDED_FOR", "").split(",") if ip.strip()]
+    if proxies > 0 and forwarded:
+        return forwarded[-min(proxies, len(forwarded))]
+    return meta.get("REMOTE_ADDR", "") or "unknown"

@@ -191,17 +191,6 @@ def request_origin(meta: Mapping[str, str]) -> str | None:
     return origin_of(meta.get("HTTP_REFERER", ""))
 
 
-def client_ip(meta: Mapping[str, str]) -> str:
-    """The client's address. Behind LEADOPS_TRUSTED_PROXY_COUNT proxies, the entry of
-    X-Forwarded-For that the outermost trusted proxy appended (anything to its left is
-    whatever the client chose to send)."""
-    proxies = int(getattr(settings, "LEADOPS_TRUSTED_PROXY_COUNT", 0) or 0)
-    forwarded = [ip.strip() for ip in meta.get("HTTP_X_FORWARDED_FOR", "").split(",") if ip.strip()]
-    if proxies > 0 and forwarded:
-        return forwarded[-min(proxies, len(forwarded))]
-    return meta.get("REMOTE_ADDR", "") or "unknown"
-
-
 # --- signed tokens ----------------------------------------------------------------------
 
 

@@ -28,6 +28,7 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_safe
 
+from leadops.middleware import client_ip
 from leadops.models import Department, Industry, JobLevel
 from nurturing import capture
 from nurturing.models import WebForm
@@ -248,7 +249,7 @@ def _refusal(
     if _declared_length(request) > MAX_FORM_BODY:
         message = _("The form is larger than 64 KB: shorten the message.")
         return _cors(_message(request, message, status=413, json_answer=as_json), origin)
-    wait = capture.form_rate_wait(form, capture.client_ip(request.META))
+    wait = capture.form_rate_wait(form, client_ip(request.META))
     if wait is None:
         return None
     message = _("Too many submissions. Wait %(seconds)d seconds and send the form again.") % {

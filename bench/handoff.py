@@ -112,13 +112,15 @@ def bench_users() -> dict[str, list[int]]:
 # Per picked lead (numbered g): u spreads the deadline, a picks the assignee (a tenth
 # unassigned), c picks claimed (40%) and contacted (20%, the SLA met) and the outcome.
 _PICKED = """
-SELECT lead_id, g, (hashint8(g) & 2147483647)::float8 / 2147483647 AS u,
+SELECT b.lead_id, l.source AS lead_source, g,
+       (hashint8(g) & 2147483647)::float8 / 2147483647 AS u,
        hashint8(g + 1000003) & 2147483647 AS a, hashint8(g * 31 + 7) & 2147483647 AS c
-FROM bench_handoff_leads WHERE g > %(first)s AND g <= %(last)s"""
+FROM bench_handoff_leads b JOIN leadops_lead l ON l.id = b.lead_id
+WHERE g > %(first)s AND g <= %(last)s"""
 
 _COLUMNS = """lead_id, kind, status, assignee_id, opened_at, due_at, warn_at, sla_state,
     claimed_at, responded_at, closed_at, outcome, reason, comment, bant, opened_reason,
-    opened_by_id"""
+    opened_by_id, lead_source"""
 
 # The stored state is what the monitor would have written at %(now)s.
 # A response stops the clock: met in time, breached after the deadline (as _meet_sla).
@@ -131,7 +133,7 @@ _OPEN_SQL = f"""
 INSERT INTO handoff_handoff ({_COLUMNS})
 SELECT lead_id, %(kind)s, CASE WHEN claimed_at IS NULL THEN 'open' ELSE 'claimed' END,
        assignee_id, opened_at, due_at, warn_at, {_STATE}, claimed_at, responded_at, NULL,
-       '', '', '', '{{}}'::jsonb, %(reason)s, NULL
+       '', '', '', '{{}}'::jsonb, %(reason)s, NULL, lead_source
 FROM (
     SELECT t.*, CASE WHEN contacted THEN claimed_at + (%(now)s - claimed_at) / 2
                 END AS responded_at
@@ -139,7 +141,7 @@ FROM (
         SELECT s.*, CASE WHEN claimed THEN opened_at + (%(now)s - opened_at) * 0.3
                     END AS claimed_at
         FROM (
-            SELECT p.lead_id, p.due_at, p.due_at - %(span)s AS opened_at,
+            SELECT p.lead_id, p.lead_source, p.due_at, p.due_at - %(span)s AS opened_at,
                    p.due_at - %(warn)s AS warn_at, p.assignee_id,
                    p.assignee_id IS NOT NULL AND mod(p.c, 10) < %(claimed)s AS claimed,
                    p.assignee_id IS NOT NULL AND mod(p.c, 10) < %(contacted)s AS contacted
@@ -163,7 +165,7 @@ SELECT lead_id, kind, 'done', assignee_id, opened_at, opened_at + span,
        CASE WHEN kind = 'sales' THEN (ARRAY['accepted', 'rejected'])[1 + mod(c / 10, 2)]
             ELSE (ARRAY['qualified', 'returned', 'disqualified'])[1 + mod(c / 10, 3)] END,
        CASE WHEN mod(c / 10, 2) = 1 THEN 'timing' ELSE '' END, '', '{{}}'::jsonb,
-       %(reason)s, NULL
+       %(reason)s, NULL, lead_source
 FROM (
     SELECT picked.*, %(now)s - u * interval '180 days' - interval '1 day' AS opened_at,
            CASE WHEN mod(c, 5) = 0 THEN 'sales' ELSE 'inside_sales' END AS kind,

@@ -292,6 +292,9 @@ class Handoff(models.Model):
         on_delete=models.SET_NULL,
         related_name="handoffs",
     )
+    # The lead's source, copied so the dashboard filters hand-offs by source without
+    # joining a million leads; a trigger keeps it equal to the lead's (migration 0006).
+    lead_source = models.CharField(_("lead source"), max_length=100, blank=True)
     opened_at = models.DateTimeField(_("opened"))
     due_at = models.DateTimeField(_("SLA due"))
     # The moment the SLA monitor warns (75% of the business time by default), fixed

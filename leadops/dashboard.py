@@ -4,7 +4,8 @@ over leads in Python.
 Six aggregate queries per filter set: the leads created in the period (by source), the
 funnel over the stage transitions of the period (each carries its lead's source and the
 time its step started, written with it: one covering index, no join), SLA compliance
-and the sales answers over the hand-offs, the scoring rules behind the latest answers
+and the sales answers over the hand-offs (each carries its lead's source too, so a source
+filter reads no lead), the scoring rules behind the latest answers
 (their leads' ledger), the latest rejections.
 `dashboard_numbers` returns plain numbers (no labels, so one cached copy serves every
 language); `cached_dashboard_numbers` shares it for a minute per filter set, like the
@@ -261,7 +262,7 @@ def sla_compliance(filters: Filters, *, now: datetime) -> list[dict[str, Any]]:
     start, end = filters.bounds()
     handoffs = Handoff.objects.filter(opened_at__gte=start, opened_at__lt=end)
     if filters.source:
-        handoffs = handoffs.filter(lead__source=filters.source)
+        handoffs = handoffs.filter(lead_source=filters.source)
     running = Q(responded_at__isnull=True) & ~Q(status=HandoffStatus.DONE)
     breached = Q(sla_state=SlaState.BREACHED) | (running & Q(due_at__lte=now))
     pending = running & Q(due_at__gt=now) & ~Q(sla_state=SlaState.BREACHED)
@@ -312,10 +313,10 @@ def sales_answers(filters: Filters) -> list[dict[str, Any]]:
         kind=HandoffKind.SALES, outcome__in=ANSWERED, closed_at__gte=start, closed_at__lt=end
     )
     if filters.source:
-        answers = answers.filter(lead__source=filters.source)
-    rows = answers.order_by().values("lead__source", "outcome", "reason").annotate(n=Count("pk"))
+        answers = answers.filter(lead_source=filters.source)
+    rows = answers.order_by().values("lead_source", "outcome", "reason").annotate(n=Count("pk"))
     return [
-        {"source": r["lead__source"], "outcome": r["outcome"], "reason": r["reason"], "n": r["n"]}
+        {"source": r["lead_source"], "outcome": r["outcome"], "reason": r["reason"], "n": r["n"]}
         for r in rows
     ]
 
@@ -363,9 +364,7 @@ WITH answered AS (
     FROM handoff_handoff h
     WHERE h.kind = 'sales' AND h.outcome = ANY(%(answered)s)
       AND h.closed_at >= %(start)s AND h.closed_at < %(end)s
-      -- Without a source the planner drops this test: no lead is read.
-      AND (%(source)s = '' OR EXISTS (
-          SELECT 1 FROM leadops_lead l WHERE l.id = h.lead_id AND l.source = %(source)s))
+      AND (%(source)s = '' OR h.lead_source = %(source)s)
     ORDER BY h.closed_at DESC, h.id DESC
     LIMIT %(sample)s
 ), contributed AS (
@@ -420,7 +419,7 @@ def latest_rejections(filters: Filters) -> list[dict[str, Any]]:
         closed_at__lt=end,
     )
     if filters.source:
-        rejected = rejected.filter(lead__source=filters.source)
+        rejected = rejected.filter(lead_source=filters.source)
     rows = rejected.select_related("lead", "assignee").order_by("-closed_at", "-id")
     return [
         {

@@ -88,6 +88,7 @@ def open_is_handoffs(
     handoffs = Handoff.objects.bulk_create(
         Handoff(
             lead=lead,
+            lead_source=lead.source,
             kind=HandoffKind.INSIDE_SALES,
             assignee_id=assignees[lead.pk],
             opened_at=now,
@@ -282,6 +283,7 @@ def _open_sales_handoff(is_handoff: Handoff, *, sales_rep, actor, now: datetime)
     _close_open_handoffs([is_handoff.lead_id], kind=HandoffKind.SALES, now=now)
     sales = Handoff.objects.create(
         lead_id=is_handoff.lead_id,
+        lead_source=is_handoff.lead_source,
         kind=HandoffKind.SALES,
         status=HandoffStatus.CLAIMED,
         assignee=sales_rep,

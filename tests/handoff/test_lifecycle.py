@@ -45,8 +45,9 @@ def open_mql(**lead_fields) -> Handoff:
 
 
 def test_becoming_mql_opens_one_assigned_handoff_with_an_sla(is_rep):
-    handoff = open_mql()
+    handoff = open_mql(source="展示会")
     assert (handoff.status, handoff.assignee, handoff.sla_state) == ("open", is_rep, "on_track")
+    assert handoff.lead_source == "展示会"  # the dashboard filters hand-offs by it
     assert handoff.opened_at < handoff.warn_at < handoff.due_at
     assert handoff.opened_reason == "MQL rule met"
     assert Notification.objects.filter(
@@ -122,8 +123,10 @@ def test_qualify_needs_an_active_sales_rep(is_rep, marketer):
 
 
 def test_qualify_hands_the_lead_to_sales_with_the_acceptance_sla(is_rep, sales_rep):
-    handoff = open_mql()
+    handoff = open_mql(source="ウェビナー")
     sales = qualify_lead(handoff.pk, actor=is_rep, sales_rep=sales_rep, bant=BANT)
+    sales.refresh_from_db()
+    assert sales.lead_source == "ウェビナー"
     lead = Lead.objects.get(pk=handoff.lead_id)
     handoff.refresh_from_db()
     assert (lead.stage, lead.owner) == ("sql", sales_rep)

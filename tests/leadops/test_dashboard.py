@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, time, timedelta
 
 import pytest
@@ -71,7 +71,9 @@ def move(lead: Lead, to_stage: str, at: datetime, from_stage: str = "nurturing")
 
 def handoff(lead: Lead, kind: str, *, opened_at: datetime, **fields) -> Handoff:
     defaults = {"due_at": opened_at + DAY, "warn_at": opened_at + 18 * HOUR}
-    return Handoff.objects.create(lead=lead, kind=kind, opened_at=opened_at, **defaults | fields)
+    return Handoff.objects.create(
+        lead=lead, lead_source=lead.source, kind=kind, opened_at=opened_at, **defaults | fields
+    )
 
 
 def ledger(lead: Lead, label: str, points: int, at: datetime, reason: str = "event") -> None:
@@ -706,6 +708,20 @@ def test_a_lead_whose_source_changes_moves_in_the_funnel_by_source(funnel):
     assert set(
         StageTransition.objects.filter(lead=moved).values_list("lead_source", flat=True)
     ) == {WEBINAR}
+
+
+def test_hand_offs_follow_their_leads_source_and_the_filters_read_it(answers):
+    # The hand-offs carry the lead's source (the SLA and sales-answer sections filter on
+    # it without reading leads); the trigger keeps it when the lead's source changes.
+    trade_show = replace(answers.filters, source=TRADE_SHOW)
+    before = sla_row(dashboard.dashboard_numbers(trade_show)["sla"], "inside_sales", "is1")
+    moved = answers.leads["L3"]  # ウェビナー, its first contact breached
+    Lead.objects.filter(pk=moved.pk).update(source=TRADE_SHOW)
+    sources = set(Handoff.objects.filter(lead=moved).values_list("lead_source", flat=True))
+    assert sources == {TRADE_SHOW}
+    cache.clear()
+    after = sla_row(dashboard.dashboard_numbers(trade_show)["sla"], "inside_sales", "is1")
+    assert after == (before[0], before[1] + 1, before[2])
 
 
 # The funnel as it was counted before its facts were stored: every lead's transitions

@@ -262,10 +262,11 @@ def measure_api(size: dict, limits: dict, first_lead: int) -> list[dict]:
     from bench.http import closed_loop, free_port, open_loop, start_gunicorn, stop_process
 
     token = _bench_token()
+    run_id = uuid.uuid4().hex[:8]
+    floor = _single_posts_floor(size, run_id)
     port = free_port()
     server = start_gunicorn(_production_env(), port)
     base = f"http://127.0.0.1:{port}/api/v1"
-    run_id = uuid.uuid4().hex[:8]
     try:
         warm = [json.dumps(_event(i, f"warm-{run_id}", size["leads"])).encode() for i in range(300)]
         open_loop(f"{base}/events/", token, warm, rate=300)
@@ -279,8 +280,10 @@ def measure_api(size: dict, limits: dict, first_lead: int) -> list[dict]:
         {
             "figure": "single-event POST, offered 1,000/s",
             "value": f"{single.rate:,.0f} events/s, p95 {single.p95_ms:.1f} ms",
-            "limit": f"{limits['single']:,.0f}/s (INSERT+UPDATE, 1 tx each)",
-            "ratio": single.rate / limits["single"],
+            "limit": f"{floor.rate:,.0f}/s, p95 {floor.p95_ms:.1f} ms: a bare WSGI app storing "
+            f"each event with the same statement, same gunicorn; {limits['single']:,.0f}/s "
+            "INSERT+UPDATE, 1 tx each, one connection",
+            "ratio": single.rate / floor.rate,
             "goal": "≥ 1,000/s, p95 < 25 ms",
             "met": single.rate >= 990 and single.p95_ms < 25,
             "statuses": single.statuses,
@@ -389,6 +392,25 @@ def _single_posts(base, token, size, run_id, open_loop):
         json.dumps(_event(i, f"single-{run_id}", size["leads"])).encode() for i in range(count)
     ]
     return open_loop(f"{base}/events/", token, bodies, rate=1000)
+
+
+def _single_posts_floor(size, run_id):
+    """The single-event figure against bench/floor_ingest.py: what storing one event per
+    request costs this machine without a framework (same gunicorn, load and statement)."""
+    from bench.http import free_port, open_loop, start_gunicorn, stop_process
+
+    port = free_port()
+    server = start_gunicorn(_production_env(), port, app="bench.floor_ingest:application")
+    try:
+        url = f"http://127.0.0.1:{port}/events/"
+        warm = [
+            json.dumps(_event(i, f"floor-warm-{run_id}", size["leads"])).encode()
+            for i in range(300)
+        ]
+        open_loop(url, "-", warm, rate=300)
+        return _single_posts(url.removesuffix("/events/"), "-", size, f"floor-{run_id}", open_loop)
+    finally:
+        stop_process(server)
 
 
 def _batch_posts(base, token, size, run_id, closed_loop):

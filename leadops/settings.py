@@ -138,6 +138,13 @@ DATABASES = {
         database_url(), conn_max_age=env_int("DB_CONN_MAX_AGE", 60), conn_health_checks=True
     )
 }
+# The ORM binds on the client and never prepares; the few hot statements run through
+# leadops.sql.prepared_cursor are prepared from their fifth run on a connection. Set
+# DB_PREPARED_STATEMENTS=false behind a pooler that cannot keep prepared statements
+# (PgBouncer in transaction mode before 1.21).
+DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = (
+    5 if env_bool("DB_PREPARED_STATEMENTS", True) else None
+)
 # Several suites may share one server (parallel checkouts): TEST_DB_NAME keeps them apart.
 DATABASES["default"]["TEST"] = {"NAME": os.environ.get("TEST_DB_NAME") or None}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -9,7 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import cache, partial
 from typing import Any, TypeVar
 
+import psycopg
 from django.db import connection, connections, models, transaction
+from django.db.backends.utils import CursorWrapper
 from django.db.models import QuerySet
 
 Item = TypeVar("Item")
@@ -28,6 +30,28 @@ def map_on_own_connections(
     """
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) as pool:
         yield from pool.map(partial(_in_own_connection, work), list(items))
+
+
+def prepared_cursor() -> CursorWrapper:
+    """A cursor whose statements PostgreSQL plans once per connection (from their fifth
+    run, `DB_PREPARED_STATEMENTS`), for the hot statements that plan longer than they run.
+
+    Django binds parameters on the client, so PostgreSQL parses and plans every statement
+    anew. For the single-event ingest statement (a chain of data-modifying CTEs) planning
+    is most of its cost: 0.7 ms of PostgreSQL CPU per event against 0.2–0.3 ms prepared,
+    measured at 1M leads. This cursor binds on the server, so psycopg can prepare it;
+    Django's wrapper keeps query logging, CaptureQueriesContext and execute wrappers.
+    Use it as a context manager, like `connection.cursor()`.
+    """
+    # What connection.cursor() does around its own cursor: the per-request health check,
+    # the thread check, and the debug wrapper when queries are being logged.
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    connection.validate_thread_sharing()
+    raw = psycopg.Cursor(connection.connection)
+    if connection.queries_logged:
+        return connection.make_debug_cursor(raw)
+    return connection.make_cursor(raw)
 
 
 def _in_own_connection(work: Callable[[Item], Result], item: Item) -> Result:

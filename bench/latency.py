@@ -1,4 +1,5 @@
-"""Event → score visible: single-event POSTs, a real Celery worker, a poller on the leads.
+"""Event → score visible: single-event or batch POSTs, a real Celery worker, a poller on
+the leads.
 
 Each event goes to a distinct lead, so each one changes that lead's behaviour score. A
 thread polls `leadops_lead` every ~20 ms for the leads sent and not yet changed; latency
@@ -124,17 +125,57 @@ def measure(
     return _result(poller, load)
 
 
+def measure_batched(
+    url: str,
+    token: str,
+    emails: list[str],
+    *,
+    rate: float,
+    batch: int,
+    run_id: str,
+    timeout: float = 10.0,
+) -> LatencyResult:
+    """The same events at `rate`/s, sent `batch` to a request (rate / batch requests a
+    second): the scoring pipeline's latency without the single-event API's intake limit.
+    Every event of a request is due when its request is."""
+    known = _leads_before(emails)
+    poller = ScorePoller({lead: behavior for lead, behavior in known.values()})
+    ids = [known[email][0] for email in emails]
+    events = [
+        json.loads(_body(email, f"latency-{run_id}-{rate:g}x{batch}-{i}"))
+        for i, email in enumerate(emails)
+    ]
+    bodies = [
+        json.dumps({"events": events[start : start + batch]}).encode()
+        for start in range(0, len(events), batch)
+    ]
+
+    def on_sent(index: int, due: float, sent: float) -> None:
+        for lead in ids[index * batch : (index + 1) * batch]:
+            poller.due[lead] = due
+            poller.sent[lead] = sent
+
+    poller.start()
+    load = open_loop(url, token, bodies, rate=rate / batch, on_sent=on_sent)
+    poller.deadline = time.perf_counter() + timeout
+    poller.join()
+    return _result(poller, load)
+
+
 def _result(poller: ScorePoller, load) -> LatencyResult:
     from_due = [(seen - poller.due[lead]) * 1000 for lead, seen in poller.seen.items()]
     from_sent = [(seen - poller.sent[lead]) * 1000 for lead, seen in poller.seen.items()]
     sending = max(poller.sent.values()) - min(poller.sent.values())
+    # Events per second the client got out (in batches, the last request's events count
+    # from when it went out: len - 1 gaps between single events).
+    per_request = len(poller.sent) / max(1, sum(load.statuses.values()))
     return LatencyResult(
         sent=len(poller.sent),
         seen=len(from_due),
         p50_ms=percentile(from_due, 0.5),
         p95_ms=percentile(from_due, 0.95),
         p95_sent_ms=percentile(from_sent, 0.95),
-        send_rate=(len(poller.sent) - 1) / sending if sending else 0.0,
+        send_rate=(len(poller.sent) - per_request) / sending if sending else 0.0,
         statuses=load.statuses,
     )
 

@@ -116,7 +116,8 @@ class Lead(models.Model):
     first_name = models.CharField(_("first name"), max_length=100, blank=True)
     last_name = models.CharField(_("last name"), max_length=100, blank=True)
     # Foreign keys below without their own index: the Meta indexes cover them (every index
-    # is rewritten when an event moves last_activity_at, so duplicates cost ingest speed).
+    # is rewritten when a rescore moves the scores or last_activity_at, so duplicates
+    # cost scoring speed).
     account = models.ForeignKey(
         Account,
         verbose_name=_("company"),

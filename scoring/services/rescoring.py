@@ -10,6 +10,8 @@ in one transaction:
 2. score them set-based into a temp table (engine.py), reading the active model after
    the lock (an activation committed meanwhile is seen);
 3. write the leads' columns and the score state where they changed, and the ledger;
+   after events, the leads' `last_activity_at` too (ingest leaves it to this write: one
+   row write per lead however many events came, in the row write of the scores);
 4. hand the leads that crossed into the MQL rule, or whose new events fired a trigger,
    to `handoff.services.mark_leads_mql` ("leads became MQL").
 """
@@ -162,14 +164,16 @@ def rescore_lead_set(
     """One chunk, inside the caller's transaction (see the module docstring)."""
     if not _lock_leads(leads):
         return RescoreResult()
+    per_event = reason == ChangeReason.EVENT
     spec = spec_for(model)
     if spec is None:
         logger.warning("No active scoring model: leads are not scored.")
+        if per_event:
+            _write_last_activity(leads)
         return RescoreResult()
     old_spec = spec_for(previous_model) if previous_model is not None else spec
-    per_event = reason == ChangeReason.EVENT
     engine.score_into_temp_table(spec, leads, now, old_spec=old_spec, keep_awarded=per_event)
-    _write_scores(spec, now)
+    _write_scores(spec, now, last_activity=per_event)
     if per_event:
         _write_event_ledger(spec, now)
     else:
@@ -194,13 +198,28 @@ def _lock_leads(leads: LeadSet) -> int:
     return rows[0][0]
 
 
-def _write_scores(spec: ModelSpec, now: datetime) -> None:
-    engine.execute(
-        """UPDATE leadops_lead l
-        SET attribute_score = s.attribute, behavior_score = s.behavior, score = s.score,
-            temperature = s.temperature
-        FROM scoring_scored s WHERE s.lead_id = l.id AND s.changed"""
-    )
+_SCORE_COLUMNS = """attribute_score = s.attribute, behavior_score = s.behavior,
+    score = s.score, temperature = s.temperature"""
+# Each lead's newest event (one index probe on activity_lead_timeline), never backwards.
+_NEWEST_EVENT = """CROSS JOIN LATERAL (
+    SELECT max(a.occurred_at) AS at FROM leadops_activity a WHERE a.lead_id = s.lead_id
+) newest"""
+_LAST_ACTIVITY_MOVES = "l.last_activity_at IS DISTINCT FROM greatest(l.last_activity_at, newest.at)"
+
+
+def _write_scores(spec: ModelSpec, now: datetime, *, last_activity: bool) -> None:
+    if last_activity:
+        engine.execute(
+            f"""UPDATE leadops_lead l
+            SET {_SCORE_COLUMNS}, last_activity_at = greatest(l.last_activity_at, newest.at)
+            FROM scoring_scored s {_NEWEST_EVENT}
+            WHERE s.lead_id = l.id AND (s.changed OR {_LAST_ACTIVITY_MOVES})"""
+        )
+    else:
+        engine.execute(
+            f"""UPDATE leadops_lead l SET {_SCORE_COLUMNS}
+            FROM scoring_scored s WHERE s.lead_id = l.id AND s.changed"""
+        )
     engine.execute(
         """INSERT INTO scoring_leadscorestate AS st (lead_id, model_version,
             behavior_at_last_activity, last_activity_at, breakdown, computed_at)
@@ -216,6 +235,18 @@ def _write_scores(spec: ModelSpec, now: datetime) -> None:
             IS DISTINCT FROM (EXCLUDED.model_version, EXCLUDED.behavior_at_last_activity,
                               EXCLUDED.last_activity_at, EXCLUDED.breakdown)""",
         {"version": spec.version, "now": now},
+    )
+
+
+def _write_last_activity(leads: LeadSet) -> None:
+    """The leads' last activity alone (no model to score them with)."""
+    params = Params()
+    engine.execute(
+        f"""UPDATE leadops_lead l SET last_activity_at = greatest(l.last_activity_at, newest.at)
+        FROM (SELECT id AS lead_id FROM leadops_lead WHERE {leads.where("id", params)}) s
+        {_NEWEST_EVENT}
+        WHERE s.lead_id = l.id AND {_LAST_ACTIVITY_MOVES}""",
+        params,
     )
 
 

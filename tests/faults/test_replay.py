@@ -148,7 +148,7 @@ def test_events_in_a_rolled_back_transaction_start_no_task(
     def fail(accepted):
         raise RuntimeError("failed after the insert")
 
-    monkeypatch.setattr(ingest, "_touch_leads", fail)
+    monkeypatch.setattr(ingest, "_mark_unsubscribed", fail)
     with pytest.raises(RuntimeError):
         ingest_events(_phantom_events(lead))
 

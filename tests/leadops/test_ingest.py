@@ -14,6 +14,8 @@ from django.utils import timezone
 from leadops import ingest
 from leadops.ingest import MAX_PROPERTIES_BYTES, ingest_events, validate_event
 from leadops.models import Activity, Lead
+from scoring.models import ScoringModel
+from scoring.services import rescore_leads
 from tests.factories import ActivityFactory, LeadFactory
 
 pytestmark = pytest.mark.django_db
@@ -218,16 +220,28 @@ def test_a_reused_id_does_not_leave_a_new_lead_behind():
 
 
 def test_last_activity_at_only_moves_forward():
+    # Ingest leaves the lead row alone; the rescore that follows the events writes it.
     lead = LeadFactory(email="taro@example.jp", last_activity_at=datetime(2026, 3, 1, tzinfo=UTC))
-    ingest_events([event("old", occurred_at="2026-02-01T00:00:00Z")])
+    rescore_leads(ingest_events([event("old", occurred_at="2026-02-01T00:00:00Z")]).lead_ids)
     lead.refresh_from_db()
     assert lead.last_activity_at == datetime(2026, 3, 1, tzinfo=UTC)
-    ingest_events(
+    result = ingest_events(
         [
             event("n1", occurred_at="2026-03-05T00:00:00Z"),
             event("n2", occurred_at="2026-03-04T00:00:00Z"),
         ]
     )
+    lead.refresh_from_db()
+    assert lead.last_activity_at == datetime(2026, 3, 1, tzinfo=UTC)
+    rescore_leads(result.lead_ids)
+    lead.refresh_from_db()
+    assert lead.last_activity_at == datetime(2026, 3, 5, tzinfo=UTC)
+
+
+def test_last_activity_at_moves_without_an_active_model():
+    lead = LeadFactory(email="taro@example.jp", last_activity_at=None)
+    ScoringModel.objects.filter(status="active").update(status="archived")
+    rescore_leads(ingest_events([event("a", occurred_at="2026-03-05T00:00:00Z")]).lead_ids)
     lead.refresh_from_db()
     assert lead.last_activity_at == datetime(2026, 3, 5, tzinfo=UTC)
 
@@ -282,14 +296,19 @@ def test_no_hook_when_nothing_was_accepted(monkeypatch, django_capture_on_commit
 def test_a_batch_of_1000_takes_a_fixed_number_of_queries(django_assert_num_queries):
     LeadFactory.create_batch(3)
     items = [event(f"e{i}", email=f"lead{i % 300}@example.jp") for i in range(1000)]
-    # savepoint, resolve leads, insert activities, update leads, release
-    with django_assert_num_queries(5):
+    # savepoint, resolve leads, insert activities, release: no lead row is rewritten
+    with django_assert_num_queries(4):
         result = ingest_events(items)
     assert result.accepted == 1000
-    # resent: + the fingerprints of the conflicting ids, and no lead update
+    # resent: + the fingerprints of the conflicting ids
     with django_assert_num_queries(5):
         assert ingest_events(items).duplicates == 1000
-    assert Activity.objects.count() == 1000
+    # unsubscribes: + one update setting the flag
+    leaving = [event(f"u{i}", type="unsubscribe", email=f"lead{i}@example.jp") for i in range(9)]
+    with django_assert_num_queries(5):
+        assert ingest_events(leaving).accepted == 9
+    assert Activity.objects.count() == 1009
+    assert Lead.objects.filter(unsubscribed=True).count() == 9
 
 
 def test_existing_activity_rows_from_elsewhere_count_by_fingerprint():
@@ -338,6 +357,7 @@ def test_concurrent_batches_on_the_same_leads_neither_fail_nor_deadlock():
     assert failures == []
     assert Lead.objects.count() == 50
     assert Activity.objects.count() == 150
+    rescore_leads(Lead.objects.values_list("pk", flat=True))
     assert not Lead.objects.filter(last_activity_at=None).exists()
 
 
@@ -446,9 +466,11 @@ def test_one_event_for_an_unknown_lead_id_writes_nothing():
 def test_one_event_by_lead_id_moves_last_activity_forward_only():
     lead = LeadFactory(last_activity_at=datetime(2026, 3, 1, tzinfo=UTC))
     ingest_events([event("old", email=None, lead_id=lead.id, occurred_at="2026-02-01T00:00Z")])
+    rescore_leads([lead.id])
     lead.refresh_from_db()
     assert lead.last_activity_at == datetime(2026, 3, 1, tzinfo=UTC)
     ingest_events([event("new", email=None, lead_id=lead.id, occurred_at="2026-03-02T00:00Z")])
+    rescore_leads([lead.id])
     lead.refresh_from_db()
     assert lead.last_activity_at == datetime(2026, 3, 2, tzinfo=UTC)
     assert Activity.objects.filter(lead=lead).count() == 2
@@ -511,7 +533,6 @@ def test_one_event_whose_new_email_was_created_meanwhile_goes_to_that_lead(caplo
     lead = Lead.objects.get(email="taro@example.jp")
     assert (result.accepted, result.errors, result.lead_ids) == (1, [], {lead.id})
     assert Activity.objects.get(event_id="a").lead == lead
-    assert lead.last_activity_at is not None
 
 
 @pytest.mark.django_db(transaction=True)

@@ -312,7 +312,7 @@ AUTHENTICATION_BACKENDS = [
     "leadops.lockout.LoginLockoutBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
-AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"
+AXES_HANDLER = "leadops.lockout.LockoutCacheHandler"
 AXES_FAILURE_LIMIT = env_int("LEADOPS_LOGIN_FAILURE_LIMIT", 5)
 AXES_COOLOFF_TIME = timedelta(minutes=env_int("LEADOPS_LOGIN_COOLOFF_MINUTES", 15))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]

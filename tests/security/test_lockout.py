@@ -91,3 +91,19 @@ def test_logins_without_a_request_are_not_counted(person):
 
     assert authenticate(username=person.username, password=PASSWORD) == person
     assert authenticate(username=person.username, password="wrong") is None
+
+
+def test_people_log_in_while_redis_is_down(person, caplog):
+    # The counts cannot be read or written: the lock-out is skipped, logged, not a 500.
+    from django.core.cache.backends.redis import RedisCacheClient
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    def down(*args, **kwargs):
+        raise RedisConnectionError("Connection refused")
+
+    with pytest.MonkeyPatch.context() as patch:
+        for method in ("get", "set", "add", "incr", "delete", "get_many", "set_many"):
+            patch.setattr(RedisCacheClient, method, down)
+        assert log_in(person.username, "wrong").status_code == 200  # the form, its error
+        assert log_in(person.username, PASSWORD).status_code == 302
+    assert "Login lock-out skipped: Redis did not answer" in caplog.text

@@ -439,6 +439,11 @@ def _batch_posts(base, token, size, run_id, closed_loop):
 
 
 def _lead_list(base, token, size, open_loop):
+    # Warm-up first, as for the events: each gunicorn worker's first lead-list requests
+    # import and set up what the list needs (~150 ms each here, seconds when Python has
+    # no bytecode cache), which is a worker's start, not the list's steady cost.
+    warm = [None] * 60
+    open_loop(f"{base}/leads/", token, warm, rate=50, method="GET", concurrency=8)
     urls = [None] * size["list_requests"]
     return open_loop(f"{base}/leads/", token, urls, rate=50, method="GET", concurrency=8)
 

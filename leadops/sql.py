@@ -39,19 +39,20 @@ def prepared_cursor() -> CursorWrapper:
     Django binds parameters on the client, so PostgreSQL parses and plans every statement
     anew. For the single-event ingest statement (a chain of data-modifying CTEs) planning
     is most of its cost: 0.7 ms of PostgreSQL CPU per event against 0.2–0.3 ms prepared,
-    measured at 1M leads. This cursor binds on the server, so psycopg can prepare it;
-    Django's wrapper keeps query logging, CaptureQueriesContext and execute wrappers.
+    measured at 1M leads. This cursor binds on the server, so psycopg can prepare it.
     Use it as a context manager, like `connection.cursor()`.
     """
-    # What connection.cursor() does around its own cursor: the per-request health check,
-    # the thread check, and the debug wrapper when queries are being logged.
+    if connection.queries_logged:
+        # Django logs the SQL it reads back from a client-side cursor (a prepared run
+        # leaves none on a server-side one): while queries are logged (DEBUG, captures in
+        # tests) the statement runs unprepared, through Django's own cursor.
+        return connection.cursor()
+    # What connection.cursor() does around its own cursor: the per-request health check
+    # and the thread check.
     connection.close_if_health_check_failed()
     connection.ensure_connection()
     connection.validate_thread_sharing()
-    raw = psycopg.Cursor(connection.connection)
-    if connection.queries_logged:
-        return connection.make_debug_cursor(raw)
-    return connection.make_cursor(raw)
+    return connection.make_cursor(psycopg.Cursor(connection.connection))
 
 
 def _in_own_connection(work: Callable[[Item], Result], item: Item) -> Result:

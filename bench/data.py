@@ -117,19 +117,22 @@ def _insert_accounts_and_leads(leads: int) -> None:
     )
 
 
-# One row per g: h picks the lead, the time and the URL; r (independent) the type.
+# One row per g: h picks the lead, the time and the URL; r (independent) the type. Each
+# event is received when it occurred, as an integration sends them.
 _EVENTS_SQL = f"""
 INSERT INTO leadops_activity (lead_id, type, occurred_at, properties, event_id, fingerprint,
                               source, received_at)
 SELECT %(first_lead)s + h %% %(leads)s,
        types[1 + width_bucket(r, {EVENT_TYPE_BOUNDS})],
-       %(now)s - ((h >> 8) %% {EVENTS_SPAN_SECONDS}) * interval '1 second',
-       props[1 + (h >> 4) %% 7],
-       'bench-' || g, lpad(to_hex(g), 64, '0'), 'bench', %(now)s
+       at, props[1 + (h >> 4) %% 7],
+       'bench-' || g, lpad(to_hex(g), 64, '0'), 'bench', at
 FROM (
-    SELECT g, hashint8(g) & 2147483647 AS h,
-           ((hashint8(g * 7919 + 13) & 2147483647) %% 1000) / 1000.0::float8 AS r
-    FROM generate_series(%(first)s::bigint, %(last)s::bigint) g
+    SELECT g, h, r, %(now)s - ((h >> 8) %% {EVENTS_SPAN_SECONDS}) * interval '1 second' AS at
+    FROM (
+        SELECT g, hashint8(g) & 2147483647 AS h,
+               ((hashint8(g * 7919 + 13) & 2147483647) %% 1000) / 1000.0::float8 AS r
+        FROM generate_series(%(first)s::bigint, %(last)s::bigint) g
+    ) hashed
 ) s,
 (SELECT {EVENT_TYPES} AS types,
         array_agg(jsonb_build_object('url', 'https://example.jp' || url) ORDER BY n) AS props

@@ -58,13 +58,22 @@ CREATE TEMP TABLE IF NOT EXISTS scoring_scored (
 ) ON COMMIT DELETE ROWS;
 DELETE FROM scoring_scored;
 """
-AWARDED_DDL = """
+# After events: the leads' new events (see new_event_sql) and those of them awarded points.
+NEW_EVENTS_DDL = """
+CREATE TEMP TABLE IF NOT EXISTS scoring_new_events (
+    lead_id bigint, activity_id bigint
+) ON COMMIT DELETE ROWS;
+DELETE FROM scoring_new_events;
 CREATE TEMP TABLE IF NOT EXISTS scoring_awarded (
     lead_id bigint, activity_id bigint, rule_id bigint, points int
 ) ON COMMIT DELETE ROWS;
 DELETE FROM scoring_awarded;
 """
 ANALYZE_MIN_ROWS = 500
+# An event received this long before a lead's previous rescore began was seen by it
+# (its transaction had committed): far longer than any ingest transaction lasts, and
+# than the clocks of web and worker hosts drift apart. See new_awarded_rows_sql.
+NEW_EVENT_MARGIN = timedelta(minutes=5)
 
 
 class Params(dict):
@@ -277,16 +286,20 @@ def _level0(spec: ModelSpec, leads: LeadSet, params: Params) -> str:
     local = [f"-{day} AS nday"] if _needs_day(rules) else []
     local += [f"-({day} / {w}) AS nb_{w}" for w in _window_sizes(rules)]
     # Events up to a lead's behaviour reset no longer count (see LeadScoreState). Few
-    # leads have one: for id ranges the partial index finds them, ids are looked up.
-    resets = "scoring_leadscorestate"
+    # leads have one: for id ranges the partial index finds them. Ids are looked up by
+    # key, the set given here rather than the join's: joined, the planner hashed the
+    # whole table (a scan of every lead's state for a thousand leads' rescore).
     if leads.ids is None:
         resets = "(SELECT * FROM scoring_leadscorestate WHERE behavior_reset_at IS NOT NULL)"
+    else:
+        resets = f"(SELECT * FROM scoring_leadscorestate WHERE {leads.where('lead_id', params)})"
     reset_join = f"LEFT JOIN {resets} rs ON rs.lead_id = a.lead_id"
     reset_where = "AND (rs.behavior_reset_at IS NULL OR a.occurred_at > rs.behavior_reset_at)"
     return f"""
-      SELECT lead_id, id, occurred_at, t_us{_columns(local)}{_columns(matches)} FROM (
-        SELECT a.lead_id, a.id, a.occurred_at, a.type,
-               {epoch_us_sql("a.occurred_at")} AS t_us
+      SELECT lead_id, id, occurred_at, received_at, scored_at, t_us{_columns(local)}
+             {_columns(matches)} FROM (
+        SELECT a.lead_id, a.id, a.occurred_at, a.type, a.received_at,
+               rs.computed_at AS scored_at, {epoch_us_sql("a.occurred_at")} AS t_us
                {_columns(list(properties.values()))}
         FROM leadops_activity a {reset_join}
         WHERE {leads.where("a.lead_id", params)} {reset_where}
@@ -294,7 +307,8 @@ def _level0(spec: ModelSpec, leads: LeadSet, params: Params) -> str:
 
 
 def behavior_rows_sql(spec: ModelSpec, leads: LeadSet, params: Params) -> str:
-    """SELECT per activity of the leads: lead_id, id, occurred_at, the lead's last activity
+    """SELECT per activity of the leads: lead_id, id, occurred_at, received_at, scored_at
+    (when the lead's previous rescore began, if it had one), the lead's last activity
     (last_us, last_at), r (µs of quiet time past the grace after it), a_k (rule k awards
     it)."""
     rules = spec.behavior_rules
@@ -323,11 +337,12 @@ def behavior_rows_sql(spec: ModelSpec, leads: LeadSet, params: Params) -> str:
         for k, (f, r) in enumerate(zip(flags, rules, strict=True))
         if r.cap_per_lead
     ]
-    awarded = ", ".join(f"{f.awarded} AS a_{k}" for k, f in enumerate(flags))
+    awarded = ", ".join(f"{f.awarded} AS a_{k}" for k, f in enumerate(flags)) or "false AS a_none"
     grace = f"{int(spec.grace_us)}::bigint"
     newer = "ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING"
     return f"""
-    SELECT lead_id, id, occurred_at, last_us, last_at, r, {awarded} FROM (
+    SELECT lead_id, id, occurred_at, received_at, scored_at, last_us, last_at, r, {awarded}
+    FROM (
       SELECT l2.*{_columns(level3)} FROM (
         SELECT l1.*, coalesce(sum(excess) OVER ({newest_first} {newer}), 0)::bigint AS r
                {_columns(level2)}
@@ -347,8 +362,9 @@ def _columns(items: list[str]) -> str:
     return "".join(f", {item}" for item in items)
 
 
-def behavior_per_lead_sql(spec: ModelSpec, leads: LeadSet, params: Params) -> str:
-    """SELECT lead_id, b_last, last_us, last_at, rules (breakdown JSON) for leads with points."""
+def behavior_per_lead_sql(spec: ModelSpec, rows: str) -> str:
+    """SELECT lead_id, b_last, last_us, last_at, rules (breakdown JSON) for leads with points,
+    from `rows`: behavior_rows_sql's rows (a subquery in parentheses, or a CTE's name)."""
     rules = spec.behavior_rules
     if not rules:
         return (
@@ -379,7 +395,7 @@ def behavior_per_lead_sql(spec: ModelSpec, leads: LeadSet, params: Params) -> st
         SELECT lead_id, max(last_us) AS last_us, max(last_at) AS last_at, {per_rule}
         FROM (
             SELECT rows.*, power(0.5::float8, r::float8 / {hl}) AS weight
-            FROM ({behavior_rows_sql(spec, leads, params)}) rows
+            FROM {rows} rows
             WHERE {any_awarded}
         ) awarded
         GROUP BY lead_id
@@ -387,8 +403,9 @@ def behavior_per_lead_sql(spec: ModelSpec, leads: LeadSet, params: Params) -> st
     WHERE {any_rule}"""
 
 
-def awarded_rows_sql(spec: ModelSpec, leads: LeadSet, params: Params) -> str:
-    """SELECT (lead_id, activity_id, rule_id, points) of every awarded event (for the ledger)."""
+def new_awarded_rows_sql(spec: ModelSpec, rows: str, params: Params) -> str:
+    """SELECT (lead_id, activity_id, rule_id, points) of the new events (new_event_sql)
+    awarded points, from behavior_rows_sql's `rows`."""
     rules = spec.behavior_rules
     if not rules:
         return (
@@ -400,9 +417,29 @@ def awarded_rows_sql(spec: ModelSpec, leads: LeadSet, params: Params) -> str:
     )
     return f"""
     SELECT r.lead_id, r.id AS activity_id, v.rule_id, v.points
-    FROM ({behavior_rows_sql(spec, leads, params)}) r
+    FROM {rows} r
     CROSS JOIN LATERAL (VALUES {values}) AS v(rule_id, hit, points)
-    WHERE v.hit"""
+    WHERE v.hit AND {new_event_sql("r", spec, params)}"""
+
+
+def new_event_sql(alias: str, spec: ModelSpec, params: Params) -> str:
+    """`alias` (a behaviour row: received_at, scored_at) is an event that the ledger may not
+    have yet: the only events whose ledger rows and triggers a rescore after events
+    writes or checks.
+
+    New: received since the model's activation (earlier ones are in its activation row)
+    and not long before the lead's previous rescore began (NEW_EVENT_MARGIN): that
+    rescore saw every event committed before it, so only an event whose transaction was
+    still open then can be older. A lead's older events are not looked up in the ledger
+    at all, which was most of the cost of rescoring after an event (~20 lookups a lead
+    where one event is new); the writers still check the ledger for these few.
+    """
+    since = params.add(spec.activated_at)
+    margin = params.add(NEW_EVENT_MARGIN)
+    return (
+        f"{alias}.received_at >= coalesce({since}::timestamptz, '-infinity') AND "
+        f"({alias}.scored_at IS NULL OR {alias}.received_at > {alias}.scored_at - {margin})"
+    )
 
 
 # --- per lead -------------------------------------------------------------------------------
@@ -434,10 +471,20 @@ def decay_sql(b_last: str, last_us: str, spec: ModelSpec, now: datetime, params:
 
 
 def scored_select(
-    spec: ModelSpec, old_spec: ModelSpec, leads: LeadSet, now: datetime, params: Params
+    spec: ModelSpec,
+    old_spec: ModelSpec,
+    leads: LeadSet,
+    now: datetime,
+    params: Params,
+    rows: str | None = None,
 ) -> str:
-    """SELECT of SCORED_COLUMNS: per lead, old values, new scores and the breakdown."""
+    """SELECT of SCORED_COLUMNS: per lead, old values, new scores and the breakdown.
+
+    `rows`: where behavior_rows_sql's rows are (a CTE's name); None computes them inline.
+    """
     attribute, attribute_ids = _attribute_sql(spec, params)
+    if rows is None and spec.behavior_rules:
+        rows = f"({behavior_rows_sql(spec, leads, params)})"
     behavior = decay_sql("b.b_last", "b.last_us", spec, now, params)
     inner = f"""
     SELECT l.id AS lead_id, l.stage, l.attribute_score AS old_attribute,
@@ -447,7 +494,7 @@ def scored_select(
            coalesce({behavior}, 0) AS behavior, {attribute_ids} AS attribute_rules,
            coalesce(b.rules, '[]'::jsonb) AS behavior_rules
     FROM leadops_lead l
-    LEFT JOIN ({behavior_per_lead_sql(spec, leads, params)}) b ON b.lead_id = l.id
+    LEFT JOIN ({behavior_per_lead_sql(spec, rows)}) b ON b.lead_id = l.id
     WHERE {leads.where("l.id", params)}"""
     total = "(s.attribute + s.behavior)"
     temperature = temperature_sql(spec, total)
@@ -476,26 +523,41 @@ def score_into_temp_table(
     now: datetime,
     *,
     old_spec: ModelSpec | None = None,
-    keep_awarded: bool = False,
+    keep_new_events: bool = False,
 ) -> None:
-    """Fill `scoring_scored` (and `scoring_awarded` if asked) for the leads; no other writes."""
+    """Fill `scoring_scored` (and, if asked, `scoring_new_events` and `scoring_awarded`:
+    the leads' new events, and those of them awarded points); no other writes.
+
+    With new events, all three come from one pass of the window functions over the
+    leads' activities, kept (a materialised CTE) for the three readers.
+    """
     tune_session()
     execute(SCORED_DDL)
     params = Params()
-    select = scored_select(spec, old_spec or spec, leads, now, params)
-    scored = execute(f"INSERT INTO scoring_scored ({SCORED_COLUMNS}) {select}", params)
+    if keep_new_events:
+        execute(NEW_EVENTS_DDL)
+        rows = behavior_rows_sql(spec, leads, params)
+        select = scored_select(spec, old_spec or spec, leads, now, params, rows="behavior_rows")
+        # Not analysed: their readers look each row up by index (LATERAL joins).
+        sql = f"""WITH behavior_rows AS MATERIALIZED ({rows}),
+            new_events AS (
+                INSERT INTO scoring_new_events (lead_id, activity_id)
+                SELECT r.lead_id, r.id FROM behavior_rows r WHERE {new_event_sql("r", spec, params)}
+            ),
+            awarded AS (
+                INSERT INTO scoring_awarded (lead_id, activity_id, rule_id, points)
+                {new_awarded_rows_sql(spec, "behavior_rows", params)}
+            )
+            INSERT INTO scoring_scored ({SCORED_COLUMNS}) {select}"""
+    else:
+        select = scored_select(spec, old_spec or spec, leads, now, params)
+        sql = f"INSERT INTO scoring_scored ({SCORED_COLUMNS}) {select}"
+    scored = execute(sql, params)
     # Temp tables have no statistics until analysed. A rescore-all chunk's joins need
     # them; a few leads' do not (the planner's guess from the table's size will do), and
     # analysing on every event's rescore would churn pg_statistic.
     if scored >= ANALYZE_MIN_ROWS:
         execute("ANALYZE scoring_scored")
-    if keep_awarded:
-        execute(AWARDED_DDL)
-        params = Params()
-        columns = "lead_id, activity_id, rule_id, points"
-        rows = awarded_rows_sql(spec, leads, params)
-        # Not analysed: its one reader looks each row up by index (a LATERAL join).
-        execute(f"INSERT INTO scoring_awarded ({columns}) {rows}", params)
 
 
 # --- triggers -----------------------------------------------------------------------------
@@ -516,25 +578,23 @@ def _trigger_values(rules: tuple[TriggerSpec, ...], params: Params) -> str:
     )
 
 
-def fired_triggers_sql(spec: ModelSpec, leads: LeadSet, params: Params) -> str:
-    """SELECT (lead_id, activity_id, label) of new events that fire a hand-off trigger.
-
-    New: received since the model was activated and in the last day, and not yet in the
-    ledger as a trigger. A trigger with min_count N fires on an event when the lead has
-    at least N matching events in the `within_days` up to and including it.
+def fired_triggers_sql(spec: ModelSpec, params: Params) -> str:
+    """SELECT (lead_id, activity_id, label) of the leads' new events that fire a hand-off
+    trigger: `scoring_new_events` (score_into_temp_table with keep_new_events) received in
+    the last day and not yet in the ledger as a trigger. A trigger with min_count N fires
+    on an event when the lead has at least N matching events in the `within_days` up to
+    and including it.
     """
     rules = spec.trigger_rules
-    since = params.add(spec.activated_at)
     return f"""
 SELECT DISTINCT ON (c.activity_id) c.lead_id, c.activity_id, c.label FROM (
     SELECT a.lead_id, a.id AS activity_id, a.occurred_at, tr.*
-    FROM leadops_activity a
+    FROM scoring_new_events n
+    JOIN leadops_activity a ON a.id = n.activity_id
     JOIN (VALUES {_trigger_values(rules, params)})
         AS tr(trigger_id, event_type, label, min_count, within_days)
       ON tr.event_type = a.type AND {_match_case(rules, "a", "tr.trigger_id", params)}
-    WHERE {leads.where("a.lead_id", params)}
-      AND a.received_at >= coalesce({since}::timestamptz, '-infinity')
-      AND a.received_at > statement_timestamp() - interval '1 day'
+    WHERE a.received_at > statement_timestamp() - interval '1 day'
       AND NOT EXISTS (SELECT 1 FROM scoring_scorechange sc
                       WHERE sc.activity_id = a.id AND sc.reason = 'trigger')
 ) c

@@ -357,6 +357,8 @@ class LeadScoreState(models.Model):
     breakdown = models.JSONField(default=dict)
     # Events up to this time no longer count (a lead sales sent back "earns its way back").
     behavior_reset_at = models.DateTimeField(null=True, blank=True)
+    # When the rescore that last changed this row began: events received well before it
+    # were seen by it, so the next rescore looks only newer ones up in the ledger.
     computed_at = models.DateTimeField()
 
     class Meta:

@@ -162,6 +162,9 @@ def rescore_lead_set(
     reason: str,
 ) -> RescoreResult:
     """One chunk, inside the caller's transaction (see the module docstring)."""
+    # When this rescore began, by the clock events are received by (never a `now` in the
+    # future): the next rescore takes events received well before it as seen.
+    began = min(now, timezone.now())
     if not _lock_leads(leads):
         return RescoreResult()
     per_event = reason == ChangeReason.EVENT
@@ -172,14 +175,14 @@ def rescore_lead_set(
             _write_last_activity(leads)
         return RescoreResult()
     old_spec = spec_for(previous_model) if previous_model is not None else spec
-    engine.score_into_temp_table(spec, leads, now, old_spec=old_spec, keep_awarded=per_event)
-    _write_scores(spec, now, last_activity=per_event)
+    engine.score_into_temp_table(spec, leads, now, old_spec=old_spec, keep_new_events=per_event)
+    _write_scores(spec, began=began, last_activity=per_event)
     if per_event:
         _write_event_ledger(spec, now)
     else:
         _write_summary_ledger(spec, now, reason=reason)
     result = chunk_result()
-    fired = _record_fired_triggers(spec, leads, now) if per_event and spec.trigger_rules else {}
+    fired = _record_fired_triggers(spec, now) if per_event and spec.trigger_rules else {}
     result.marked_mql = _hand_off(fired)
     return result
 
@@ -207,7 +210,7 @@ _NEWEST_EVENT = """CROSS JOIN LATERAL (
 _LAST_ACTIVITY_MOVES = "l.last_activity_at IS DISTINCT FROM greatest(l.last_activity_at, newest.at)"
 
 
-def _write_scores(spec: ModelSpec, now: datetime, *, last_activity: bool) -> None:
+def _write_scores(spec: ModelSpec, *, began: datetime, last_activity: bool) -> None:
     if last_activity:
         engine.execute(
             f"""UPDATE leadops_lead l
@@ -224,7 +227,7 @@ def _write_scores(spec: ModelSpec, now: datetime, *, last_activity: bool) -> Non
         """INSERT INTO scoring_leadscorestate AS st (lead_id, model_version,
             behavior_at_last_activity, last_activity_at, breakdown, computed_at)
         SELECT lead_id, %(version)s, b_last, last_at,
-               jsonb_build_object('a', to_jsonb(attribute_rules), 'b', behavior_rules), %(now)s
+               jsonb_build_object('a', to_jsonb(attribute_rules), 'b', behavior_rules), %(began)s
         FROM scoring_scored
         ON CONFLICT (lead_id) DO UPDATE SET
             model_version = EXCLUDED.model_version,
@@ -234,7 +237,7 @@ def _write_scores(spec: ModelSpec, now: datetime, *, last_activity: bool) -> Non
         WHERE (st.model_version, st.behavior_at_last_activity, st.last_activity_at, st.breakdown)
             IS DISTINCT FROM (EXCLUDED.model_version, EXCLUDED.behavior_at_last_activity,
                               EXCLUDED.last_activity_at, EXCLUDED.breakdown)""",
-        {"version": spec.version, "now": now},
+        {"version": spec.version, "began": began},
     )
 
 
@@ -267,7 +270,8 @@ def _write_summary_ledger(spec: ModelSpec, now: datetime, *, reason: str) -> Non
 def _write_event_ledger(spec: ModelSpec, now: datetime) -> None:
     """One row per newly scored event, one for an attribute change, and one for the rest
     (decay since the last rescore, caps re-ranked by a late event): a lead's rows always
-    add up to its score. Events scored before the model's activation are in its
+    add up to its score. `scoring_awarded` holds the new events only (see
+    engine.new_awarded_rows_sql): events scored before the model's activation are in its
     activation row, not here."""
     engine.execute(
         f"""WITH ev AS (
@@ -275,7 +279,6 @@ def _write_event_ledger(spec: ModelSpec, now: datetime) -> None:
             SELECT aw.lead_id, aw.rule_id, r.label, aw.activity_id, aw.points, %(version)s,
                    'event', %(now)s
             FROM scoring_awarded aw
-            JOIN leadops_activity a ON a.id = aw.activity_id
             JOIN scoring_behaviorrule r ON r.id = aw.rule_id
             -- "not yet in the ledger", as a LATERAL lookup by index: written as NOT
             -- EXISTS the planner may hash the whole ledger (scoring_awarded is not
@@ -284,8 +287,7 @@ def _write_event_ledger(spec: ModelSpec, now: datetime) -> None:
                 SELECT true AS found FROM scoring_scorechange sc
                 WHERE sc.activity_id = aw.activity_id AND sc.reason = 'event' LIMIT 1
             ) ledgered ON true
-            WHERE a.received_at >= coalesce(%(since)s::timestamptz, '-infinity')
-              AND ledgered.found IS NULL
+            WHERE ledgered.found IS NULL
             RETURNING lead_id, points
         ), ev_sum AS (SELECT lead_id, sum(points) AS points FROM ev GROUP BY lead_id)
         INSERT INTO scoring_scorechange ({LEDGER_COLUMNS})
@@ -299,7 +301,7 @@ def _write_event_ledger(spec: ModelSpec, now: datetime) -> None:
              s.behavior - s.old_behavior - coalesce(e.points, 0))
         ) AS x(reason, points)
         WHERE x.points <> 0""",
-        {"version": spec.version, "now": now, "since": spec.activated_at},
+        {"version": spec.version, "now": now},
     )
 
 
@@ -318,11 +320,11 @@ def chunk_result() -> RescoreResult:
     return RescoreResult(*row)
 
 
-def _record_fired_triggers(spec: ModelSpec, leads: LeadSet, now: datetime) -> dict[int, str]:
+def _record_fired_triggers(spec: ModelSpec, now: datetime) -> dict[int, str]:
     """Ledger rows (0 points) for the new events that fire a trigger; {lead id: label}."""
     params = Params(version=spec.version, now=now)
     rows = engine.fetch(
-        f"""WITH fired AS ({engine.fired_triggers_sql(spec, leads, params)})
+        f"""WITH fired AS ({engine.fired_triggers_sql(spec, params)})
         INSERT INTO scoring_scorechange ({LEDGER_COLUMNS})
         SELECT lead_id, NULL, label, activity_id, 0, %(version)s, 'trigger', %(now)s FROM fired
         RETURNING lead_id, rule_label""",

@@ -113,11 +113,14 @@ def test_rescore_command_recomputes_every_lead(t0):
     assert ledger(lead) == [("recalculation", "", 10)]
 
 
-def _scratch_table_oids() -> tuple[int, int]:
+def _scratch_table_oids() -> tuple[int, int, int]:
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute("SELECT 'scoring_scored'::regclass::oid, 'scoring_awarded'::regclass::oid")
+        cursor.execute(
+            "SELECT 'scoring_scored'::regclass::oid, 'scoring_awarded'::regclass::oid, "
+            "'scoring_new_events'::regclass::oid"
+        )
         return cursor.fetchone()
 
 
@@ -134,3 +137,84 @@ def test_event_rescores_reuse_the_scratch_tables_instead_of_recreating_them(t0):
     assert [row[2] for row in ledger(lead) if row[0] == "event"] == [30, 5]
     lead.refresh_from_db()
     assert lead.behavior_score == 35
+
+
+# What a rescore after events takes as new: only those events are looked up in the ledger
+# (their rows) and checked for triggers; the scores always read every event.
+
+
+def _new_events(lead) -> list[int]:
+    from django.db import connection, transaction
+    from django.utils import timezone
+
+    from scoring import engine
+    from scoring.engine import LeadSet
+    from scoring.spec import active_spec
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        leads = LeadSet(ids=(lead.pk,))
+        engine.score_into_temp_table(active_spec(), leads, timezone.now(), keep_new_events=True)
+        cursor.execute("SELECT activity_id FROM scoring_new_events ORDER BY activity_id")
+        return [row[0] for row in cursor.fetchall()]
+
+
+def _received(activity, at) -> None:
+    from leadops.models import Activity
+
+    Activity.objects.filter(pk=activity.pk).update(received_at=at)
+
+
+def _last_rescore_began(lead):
+    from scoring.models import LeadScoreState
+
+    return LeadScoreState.objects.get(lead=lead).computed_at
+
+
+def test_events_received_well_before_the_last_rescore_are_not_new(t0):
+    lead = blank_lead()
+    old = event(lead, "page_view", t0, url=PRICING)
+    rescore_leads([lead.pk])
+    _received(old, _last_rescore_began(lead) - timedelta(hours=1))
+    new = event(lead, "email_open", t0 + timedelta(hours=1))
+
+    assert _new_events(lead) == [new.pk]
+    rescore_leads([lead.pk])
+    assert [row for row in ledger(lead) if row[0] == "event"] == [
+        ("event", "Pricing page view", 30),
+        ("event", "Email open", 5),
+    ]
+
+
+def test_an_event_committed_after_a_rescore_began_still_gets_its_row(t0):
+    # Its transaction was open while the rescore ran: received before the rescore began,
+    # invisible to it. Within the margin it is still new to the next one.
+    from django.utils import timezone
+
+    from scoring.models import ScoringModel
+
+    active = ScoringModel.objects.filter(status="active")
+    active.update(activated_at=timezone.now() - timedelta(days=1))  # the event came after it
+    lead = blank_lead()
+    event(lead, "email_open", t0)
+    rescore_leads([lead.pk])
+    late = event(lead, "page_view", t0 + timedelta(minutes=5), url=PRICING)
+    _received(late, _last_rescore_began(lead) - timedelta(minutes=1))
+
+    assert late.pk in _new_events(lead)
+    rescore_leads([lead.pk])
+    assert ("event", "Pricing page view", 30) in ledger(lead)
+    assert sum(points for _r, _l, points in ledger(lead)) == stored(lead)[2]
+
+
+def test_a_rescore_at_a_future_clock_hides_no_later_event(t0):
+    from django.utils import timezone
+
+    lead = blank_lead()
+    event(lead, "email_open", t0)
+    rescore_leads([lead.pk], now=timezone.now() + timedelta(days=30))
+    assert _last_rescore_began(lead) <= timezone.now()
+    later = event(lead, "page_view", t0 + timedelta(hours=1), url=PRICING)
+
+    assert later.pk in _new_events(lead)
+    rescore_leads([lead.pk])
+    assert ("event", "Pricing page view", 30) in ledger(lead)

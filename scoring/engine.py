@@ -517,6 +517,24 @@ def tune_session() -> None:
     )
 
 
+def _with_sequential_scans(sql: str, params: Params) -> int:
+    """Run a range chunk's statement reading the activities straight through the table.
+
+    A lead's events are spread over the whole table (they arrive mixed with everyone
+    else's), so a chunk of leads has rows on nearly every page, and the planner's bitmap
+    scan visits every page in random order: ~20% slower for the whole rescore than
+    reading the table in order (measured at 200k leads, 4M events).
+    """
+    scans = ("enable_bitmapscan", "enable_indexscan")
+    before = fetch("SELECT " + ", ".join(f"current_setting('{name}')" for name in scans))[0]
+    execute("SELECT " + ", ".join(f"set_config('{name}', 'off', true)" for name in scans))
+    try:
+        return execute(sql, params)
+    finally:
+        restore = ", ".join(f"set_config('{name}', %(v{k})s, true)" for k, name in enumerate(scans))
+        execute(f"SELECT {restore}", {f"v{k}": value for k, value in enumerate(before)})
+
+
 def score_into_temp_table(
     spec: ModelSpec,
     leads: LeadSet,
@@ -552,7 +570,8 @@ def score_into_temp_table(
     else:
         select = scored_select(spec, old_spec or spec, leads, now, params)
         sql = f"INSERT INTO scoring_scored ({SCORED_COLUMNS}) {select}"
-    scored = execute(sql, params)
+    run = _with_sequential_scans if leads.ids is None else execute
+    scored = run(sql, params)
     # Temp tables have no statistics until analysed. A rescore-all chunk's joins need
     # them; a few leads' do not (the planner's guess from the table's size will do), and
     # analysing on every event's rescore would churn pg_statistic.

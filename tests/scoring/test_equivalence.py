@@ -220,3 +220,24 @@ def test_rescore_all_in_parallel_chunks_equals_the_reference(settings, monkeypat
     assert result.leads == 25
     assert len(threads) == 2 and all(name.startswith("chunk") for name in threads)
     assert_equal_to_reference(leads, model, now)
+
+
+def test_rescore_all_reads_activities_in_order_and_gives_the_planner_back(settings):
+    # Range chunks turn the planner's index scans off for their scoring statement alone;
+    # the rest of the caller's transaction keeps its own settings.
+    from django.db import connection, transaction
+
+    rng = random.Random(11)
+    model = random_model(rng)
+    leads = [random_lead(rng) for _ in range(6)]
+    for lead in leads:
+        add_random_events(rng, lead)
+    now = START + timedelta(days=150)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_indexscan = off")
+        rescore_leads(None, model=model, now=now)
+        cursor.execute(
+            "SELECT current_setting('enable_bitmapscan'), current_setting('enable_indexscan')"
+        )
+        assert cursor.fetchone() == ("on", "off")
+    assert_equal_to_reference(leads, model, now)

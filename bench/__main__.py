@@ -263,7 +263,7 @@ def measure_api(size: dict, limits: dict, first_lead: int) -> list[dict]:
 
     token = _bench_token()
     run_id = uuid.uuid4().hex[:8]
-    floor = _single_posts_floor(size, run_id)
+    floor, batch_floor = _floor_posts(size, run_id)
     port = free_port()
     server = start_gunicorn(_production_env(), port)
     base = f"http://127.0.0.1:{port}/api/v1"
@@ -291,8 +291,11 @@ def measure_api(size: dict, limits: dict, first_lead: int) -> list[dict]:
         {
             "figure": "batch POST, 1,000 events each",
             "value": f"{batch.rate * 1000:,.0f} events/s",
-            "limit": f"{limits['upsert']:,.0f}/s upsert; {limits['copy']:,.0f}/s COPY",
-            "ratio": batch.rate * 1000 / limits["upsert"],
+            "limit": f"{batch_floor.rate * 1000:,.0f}/s: a bare WSGI app storing each batch "
+            "with the same two statements (leads by email, activities), same gunicorn; "
+            f"{limits['upsert']:,.0f}/s upsert; {limits['copy']:,.0f}/s COPY (a table without "
+            "the foreign key to the leads)",
+            "ratio": batch.rate / batch_floor.rate,
             "goal": "≥ 20,000 events/s",
             "met": batch.rate * 1000 >= 20_000,
             "statuses": batch.statuses,
@@ -404,10 +407,10 @@ def _single_posts(base, token, size, run_id, open_loop):
     return open_loop(f"{base}/events/", token, bodies, rate=1000)
 
 
-def _single_posts_floor(size, run_id):
-    """The single-event figure against bench/floor_ingest.py: what storing one event per
-    request costs this machine without a framework (same gunicorn, load and statement)."""
-    from bench.http import free_port, open_loop, start_gunicorn, stop_process
+def _floor_posts(size, run_id):
+    """The single-event and batch figures against bench/floor_ingest.py: what storing the
+    events costs this machine without a framework (same gunicorn, load and statements)."""
+    from bench.http import closed_loop, free_port, open_loop, start_gunicorn, stop_process
 
     port = free_port()
     server = start_gunicorn(_production_env(), port, app="bench.floor_ingest:application")
@@ -418,7 +421,10 @@ def _single_posts_floor(size, run_id):
             for i in range(300)
         ]
         open_loop(url, "-", warm, rate=300)
-        return _single_posts(url.removesuffix("/events/"), "-", size, f"floor-{run_id}", open_loop)
+        base = url.removesuffix("/events/")
+        single = _single_posts(base, "-", size, f"floor-{run_id}", open_loop)
+        batch = _batch_posts(base, "-", size, f"floor-{run_id}", closed_loop)
+        return single, batch
     finally:
         stop_process(server)
 

@@ -135,6 +135,88 @@ def test_missing_fields_are_each_reported():
     assert set(errors) == {"event_id", "email", "type"}
 
 
+EMAIL_EDGE_CASES = [
+    "taro@example.jp",
+    "a@b.co",
+    "a@b.c",
+    "first.last+tag@sub.example.co.jp",
+    "o'brien@example.ie",
+    "{weird}|~!#$%&'*+/=?^_`-@example.com",
+    ".taro@example.jp",
+    "taro.@example.jp",
+    "ta..ro@example.jp",
+    "taro@-example.jp",
+    "taro@example-.jp",
+    "taro@example.-jp",
+    "taro@example.jp.",
+    "taro@example..jp",
+    "taro@localhost",
+    "taro@[127.0.0.1]",
+    "taro@[::1]",
+    "taro@example.xn--p1ai",
+    "taro@例え.jp",
+    "太郎@example.jp",
+    '"taro jiro"@example.jp',
+    "taro@example.j1",
+    "taro@123.456",
+    "taro@" + "a" * 63 + ".jp",
+    "taro@" + "a" * 64 + ".jp",
+    "taro@example." + "a" * 63,
+    "taro@example." + "a" * 64,
+    "taro@@example.jp",
+    "taro",
+    "",
+    "@example.jp",
+    "taro@",
+    "a" * 240 + "@example.jp",
+]
+
+
+def _random_addresses(count: int) -> list[str]:
+    import random
+
+    rng = random.Random(20261121)
+    local_chars = "abcz09.-_+'!{}\"@ é"
+    domain_chars = "abz09.-_ é"
+    addresses = []
+    for _ in range(count):
+        local = "".join(rng.choice(local_chars) for _ in range(rng.randint(0, 6)))
+        domain = "".join(rng.choice(domain_chars) for _ in range(rng.randint(0, 9)))
+        addresses.append(f"{local}@{domain}")
+    return addresses
+
+
+def test_the_fast_email_check_gives_djangos_verdict():
+    from django.core.exceptions import ValidationError
+    from django.core.validators import validate_email
+
+    for address in EMAIL_EDGE_CASES + _random_addresses(20_000):
+        try:
+            validate_email(address)
+            django_accepts = True
+        except ValidationError:
+            django_accepts = False
+        if ingest._PLAIN_EMAIL.fullmatch(address):
+            assert django_accepts, address  # the fast pattern accepts only what Django does
+        assert ingest.is_valid_email(address) == django_accepts, address
+    assert ingest._PLAIN_EMAIL.fullmatch("first.last+tag@sub.example.co.jp")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [],
+        [""],
+        ["plain", "two words", "comma,brace{}", 'quote"inside', "back\\slash", '\\"'],
+        ['{"url":"https://example.jp/?q=\\"a\\""}', "NULL", "null", "日本語"],
+    ],
+)
+def test_text_array_round_trips_through_postgresql(values):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT %s::text[]", [ingest.text_array(values)])
+        assert cursor.fetchone()[0] == values
+
+
 def test_fingerprint_is_sha256_of_canonical_json():
     import hashlib
 

@@ -319,8 +319,11 @@ def measure_api(size: dict, limits: dict, first_lead: int) -> list[dict]:
 LATENCY_RUNS = ((100, 1, 250), (1000, 50, 2000), (1000, 1, None))
 
 
-def measure_latency(base: str, token: str, size: dict, run_id: str) -> list[dict]:
-    """Event → score visible, with a real Celery worker draining the rescore queue."""
+def measure_latency(
+    base: str, token: str, size: dict, run_id: str, *, first_lead: int = 20
+) -> list[dict]:
+    """Event → score visible, with a real Celery worker draining the rescore queue; the
+    events go to distinct leads from the `first_lead`-th of bench.latency's sequence."""
     from bench import celery_noop, latency
     from bench.http import start_celery, stop_process
 
@@ -330,11 +333,10 @@ def measure_latency(base: str, token: str, size: dict, run_id: str) -> list[dict
     try:
         # The earlier figures left leads in the queue: the worker drains them first.
         waited = latency.wait_for_empty_queue()
-        warm = latency.measure(
-            url, token, latency.emails_for(0, 20, size["leads"]), rate=10, run_id=run_id
-        )
+        warm_up = latency.emails_for(first_lead - 20, 20, size["leads"])
+        warm = latency.measure(url, token, warm_up, rate=10, run_id=run_id)
         print(f"rescore queue drained in {waited:.1f} s; warm-up p95 {warm.p95_ms:.0f} ms")
-        start, rows = 20, []
+        start, rows = first_lead, []
         for rate, batch, goal_ms in LATENCY_RUNS:
             count = int(rate * size["seconds"])
             emails = latency.emails_for(start, count, size["leads"])

@@ -7,6 +7,15 @@ is the poll that first saw the change minus the moment the request went out, and
 the moment it was due at the offered rate (a server that falls behind makes the client
 queue: only the second shows it). Events whose change never shows within the timeout
 are counted as missing, not dropped.
+
+`make bench` measures these rows in its run. Alone, on a bench database that exists
+(after `make bench`, or `bench.event_rescore --build`), with gunicorn and a Celery worker
+started as `make bench` starts them:
+
+    uv run python -m bench.latency --database leadops_bench --first 100000
+
+`--first` picks where in the sequence of leads to start: each lead gets one event per
+run, so a later run should start past the leads an earlier one used.
 """
 
 from __future__ import annotations
@@ -195,3 +204,40 @@ def wait_for_empty_queue(timeout: float = 600) -> float:
             raise RuntimeError("the Celery worker did not drain the rescore queue")
         time.sleep(0.1)
     return time.perf_counter() - started
+
+
+def main() -> None:
+    import argparse
+    import uuid
+
+    parser = argparse.ArgumentParser(description="event → score visible, alone")
+    parser.add_argument("--database", default="leadops_bench")
+    parser.add_argument("--redis-db", type=int, default=15, help="emptied first")
+    parser.add_argument("--seconds", type=float, default=15, help="of each offered rate")
+    parser.add_argument("--first", type=int, default=100_000, help="first lead of the sequence")
+    args = parser.parse_args()
+
+    from bench.__main__ import _bench_redis_url, _bench_token, _production_env, measure_latency
+    from bench.http import free_port, start_gunicorn, stop_process
+    from bench.pages import _point_django_at
+
+    os.environ["REDIS_URL"] = _bench_redis_url(args.redis_db)
+    _point_django_at(args.database)
+    from leadops.models import Lead
+
+    size = {"seconds": args.seconds, "leads": Lead.objects.count(), "noop_tasks": 5_000}
+    token = _bench_token()
+    port = free_port()
+    server = start_gunicorn(_production_env(), port)
+    try:
+        base = f"http://127.0.0.1:{port}/api/v1"
+        rows = measure_latency(base, token, size, uuid.uuid4().hex[:8], first_lead=args.first)
+    finally:
+        stop_process(server)
+    for row in rows:
+        engine = f" (engine: {row['limit']})" if row["limit"] != "—" else ""
+        print(f"{row['figure']}: {row['value']}{engine}")
+
+
+if __name__ == "__main__":
+    main()

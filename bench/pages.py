@@ -42,9 +42,20 @@ def main() -> None:
 
 
 def _point_django_at(database: str) -> None:
+    """Django on the existing bench database `database`; a clear exit when it is missing."""
+    import psycopg
+
     from leadops.engines import database_url
 
-    os.environ["DATABASE_URL"] = urlunsplit(urlsplit(database_url())._replace(path=f"/{database}"))
+    url = urlunsplit(urlsplit(database_url())._replace(path=f"/{database}"))
+    try:
+        psycopg.connect(url, connect_timeout=10).close()
+    except psycopg.OperationalError as exc:
+        raise SystemExit(
+            f"Cannot open the bench database {database!r} ({str(exc).strip()}). Build it "
+            "first: `make bench` (leadops_bench), or `--build` where the tool offers it."
+        ) from exc
+    os.environ["DATABASE_URL"] = url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "leadops.settings")
     os.environ["DEBUG"] = "true"  # static files without a manifest
     os.environ["ALLOWED_HOSTS"] = "testserver"

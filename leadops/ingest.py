@@ -620,16 +620,16 @@ def _mark_unsubscribed(accepted: list[tuple[ValidEvent, int]]) -> None:
 def text_array(values: Iterable[str]) -> str:
     """A PostgreSQL array literal of strings: every element quoted, `\\` and `"` escaped.
 
-    Escaping is per character, so the elements are joined first (by NUL, which stored
-    text never holds) and escaped in one pass: a few C calls instead of two per element.
+    Escaping is per character, so the elements are joined first (by NUL, which
+    PostgreSQL text cannot hold and validation refuses) and escaped in one pass: a few C
+    calls instead of two per element.
     """
     values = list(values)
     if not values:
         return "{}"
     joined = "\x00".join(values)
-    if joined.count("\x00") != len(values) - 1:  # an element holds a NUL: one by one
-        quoted = (value.replace("\\", "\\\\").replace('"', '\\"') for value in values)
-        return "{" + ",".join(f'"{value}"' for value in quoted) + "}"
+    if joined.count("\x00") != len(values) - 1:
+        raise ValueError("PostgreSQL text cannot hold a NUL character")
     escaped = joined.replace("\\", "\\\\").replace('"', '\\"')
     return '{"' + escaped.replace("\x00", '","') + '"}'
 

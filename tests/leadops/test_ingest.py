@@ -217,6 +217,11 @@ def test_text_array_round_trips_through_postgresql(values):
         assert cursor.fetchone()[0] == values
 
 
+def test_text_array_refuses_a_nul_rather_than_splitting_the_element():
+    with pytest.raises(ValueError, match="NUL"):
+        ingest.text_array(["a\x00b", "c"])
+
+
 def test_fingerprint_is_sha256_of_canonical_json():
     import hashlib
 
